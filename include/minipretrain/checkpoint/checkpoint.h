@@ -1,0 +1,57 @@
+// Checkpoints: OUTPUT/checkpoint-00000100/ holds
+//   meta.json               step, consumed samples, the resolved config, the layout
+//   shard-tp0-pp0.pt        one per (TP, PP) position: that rank's parameters and
+//                           AdamW state as a pickled dict of named tensors
+//   shard-tp0-pp0.json      each tensor's ShardSpec, the .pt size and FNV-1a hash
+// DP replicas hold equal state, so only DP rank 0 writes. Everything is written
+// under checkpoint-...tmp and renamed once every shard is on disk: a crash
+// during a save leaves the previous checkpoint as it was.
+#pragma once
+
+#include <map>
+#include <string>
+
+#include <torch/torch.h>
+
+#include "minipretrain/config/config.h"
+#include "minipretrain/distributed/parallel_state.h"
+#include "minipretrain/model/stage.h"
+#include "minipretrain/train/adamw.h"
+
+namespace minipretrain {
+
+// A checkpoint that cannot be used: corrupt, incomplete or of another model.
+struct CheckpointError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct TrainingProgress {
+  int64_t step = 0;
+  int64_t consumed_samples = 0;
+};
+
+// Collective over the world group. Returns the checkpoint's directory.
+std::string save_checkpoint(const std::string& output_dir, const TrainingProgress& progress, Stage& stage,
+                            const AdamW& optimizer, const Config& config, const ParallelState& parallel);
+
+// The newest complete checkpoint under `output_dir`, or "" when none.
+std::string find_latest_checkpoint(const std::string& output_dir);
+
+// Loads this rank's shard into `stage` and `optimizer`. Throws CheckpointError
+// when the checkpoint is corrupt or was written for another model or layout.
+TrainingProgress load_checkpoint(const std::string& dir, Stage& stage, AdamW& optimizer, const Config& config,
+                                 const ParallelState& parallel);
+
+// Named tensors of one rank, with their specs, written and read in the shard
+// format above (also used for --dump-first-step).
+void write_named_shard(const std::string& path_prefix, const std::map<std::string, torch::Tensor>& tensors,
+                       const std::map<std::string, ShardSpec>& specs);
+std::map<std::string, torch::Tensor> read_named_shard(const std::string& path_prefix,
+                                                      std::map<std::string, ShardSpec>* specs = nullptr);
+
+// Joins every FILE_PREFIX*.pt under `dir` into full tensors by name (padding
+// dropped), for any layout. Optimizer state is skipped.
+std::map<std::string, torch::Tensor> load_full_tensors(const std::string& dir,
+                                                       const std::string& file_prefix = "shard-");
+
+}  // namespace minipretrain

@@ -1,0 +1,92 @@
+// The collective and point-to-point operations the parallel code needs, over
+// one group of ranks. Backends: Gloo for CPU tensors, NCCL for CUDA tensors.
+//
+// Every operation blocks until its result is in place, except isend, which
+// returns a handle to wait on (pipeline stages must be able to send while the
+// peer is still busy). Ranks are ranks within this group. Every call is
+// counted with its payload bytes, per operation, for tests and debug logs.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+namespace minipretrain {
+
+enum class ReduceOp { Sum, Avg, Max };
+
+// A send in flight; wait() returns once the tensor may be reused.
+class SendHandle {
+ public:
+  virtual ~SendHandle() = default;
+  virtual void wait() = 0;
+};
+
+struct OpStats {
+  int64_t calls = 0;
+  int64_t bytes = 0;
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  const std::string& name() const { return name_; }
+
+  void all_reduce(torch::Tensor& tensor, ReduceOp op = ReduceOp::Sum);
+  // Concatenates every rank's `tensor` along `dim`, in rank order.
+  torch::Tensor all_gather(const torch::Tensor& tensor, int64_t dim);
+  // Sums `tensor` over the group and returns this rank's 1/size chunk of dim 0.
+  torch::Tensor reduce_scatter(const torch::Tensor& tensor);
+  void broadcast(torch::Tensor& tensor, int root);
+  std::unique_ptr<SendHandle> isend(const torch::Tensor& tensor, int dst, int tag);
+  void recv(torch::Tensor& tensor, int src, int tag);
+  void barrier();
+
+  // Calls and bytes per operation name ("all_reduce", "send", ...).
+  const std::map<std::string, OpStats>& stats() const { return stats_; }
+  void reset_stats() { stats_.clear(); }
+
+ protected:
+  Communicator(std::string name, int rank, int size) : name_(std::move(name)), rank_(rank), size_(size) {}
+
+  virtual void do_all_reduce(torch::Tensor& tensor, ReduceOp op) = 0;
+  virtual torch::Tensor do_all_gather(const torch::Tensor& tensor, int64_t dim) = 0;
+  virtual torch::Tensor do_reduce_scatter(const torch::Tensor& tensor) = 0;
+  virtual void do_broadcast(torch::Tensor& tensor, int root) = 0;
+  virtual std::unique_ptr<SendHandle> do_isend(const torch::Tensor& tensor, int dst, int tag) = 0;
+  virtual void do_recv(torch::Tensor& tensor, int src, int tag) = 0;
+  virtual void do_barrier() = 0;
+
+ private:
+  void count(const std::string& op, const torch::Tensor& tensor);
+
+  std::string name_;
+  int rank_;
+  int size_;
+  std::map<std::string, OpStats> stats_;
+};
+
+// A group of one: collectives return their input. Used where a dimension of
+// the layout has size 1, so layers never test for a missing group.
+class SoloCommunicator : public Communicator {
+ public:
+  explicit SoloCommunicator(std::string name) : Communicator(std::move(name), 0, 1) {}
+
+ protected:
+  void do_all_reduce(torch::Tensor&, ReduceOp) override {}
+  torch::Tensor do_all_gather(const torch::Tensor& t, int64_t) override { return t; }
+  torch::Tensor do_reduce_scatter(const torch::Tensor& t) override { return t; }
+  void do_broadcast(torch::Tensor&, int) override {}
+  std::unique_ptr<SendHandle> do_isend(const torch::Tensor&, int, int) override;
+  void do_recv(torch::Tensor&, int, int) override;
+  void do_barrier() override {}
+};
+
+}  // namespace minipretrain

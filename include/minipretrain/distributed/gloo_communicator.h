@@ -1,0 +1,36 @@
+// Communicator over c10d::ProcessGroupGloo, for CPU tensors. Gloo in LibTorch
+// 1.13 has no reduce_scatter and no AVG reduction: reduce_scatter is an
+// all-reduce followed by taking this rank's chunk, AVG a SUM then a division.
+#pragma once
+
+#include <chrono>
+#include <string>
+
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/Store.hpp>
+
+#include "minipretrain/distributed/communicator.h"
+
+namespace minipretrain {
+
+class GlooCommunicator : public Communicator {
+ public:
+  // Joins the group named `name` (its members' keys live under that prefix of
+  // `store`); blocks until every member has joined or `timeout` passes.
+  GlooCommunicator(std::string name, const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
+                   std::chrono::milliseconds timeout);
+
+ protected:
+  void do_all_reduce(torch::Tensor& tensor, ReduceOp op) override;
+  torch::Tensor do_all_gather(const torch::Tensor& tensor, int64_t dim) override;
+  torch::Tensor do_reduce_scatter(const torch::Tensor& tensor) override;
+  void do_broadcast(torch::Tensor& tensor, int root) override;
+  std::unique_ptr<SendHandle> do_isend(const torch::Tensor& tensor, int dst, int tag) override;
+  void do_recv(torch::Tensor& tensor, int src, int tag) override;
+  void do_barrier() override;
+
+ private:
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> group_;
+};
+
+}  // namespace minipretrain

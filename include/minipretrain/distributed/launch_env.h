@@ -1,0 +1,28 @@
+// Where this process sits in the job, read from whichever launcher started it:
+// torchrun, Open MPI, MPICH / Intel MPI (PMI), or SLURM srun. No launcher
+// variables at all means a single process.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+
+namespace minipretrain {
+
+struct LaunchEnv {
+  std::string launcher = "none";  // torchrun | openmpi | pmi | slurm | none
+  int64_t rank = 0;
+  int64_t world_size = 1;
+  int64_t local_rank = 0;
+  int64_t local_world_size = 1;
+  std::string master_addr;  // empty when unknown
+  int64_t master_port = 0;  // 0 when unknown
+};
+
+// Reads the launch variables through `getenv` (injectable for tests). Throws
+// ConfigError for partial or contradicting variables, naming them.
+LaunchEnv detect_launch_env(const std::function<std::optional<std::string>(const std::string&)>& getenv);
+LaunchEnv detect_launch_env();
+
+}  // namespace minipretrain

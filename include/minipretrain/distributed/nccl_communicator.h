@@ -1,0 +1,42 @@
+// Communicator over plain NCCL, for CUDA tensors. Built whenever CMake finds
+// the CUDA toolkit with NCCL (MINIPRETRAIN_WITH_NCCL), also next to a CPU-only
+// LibTorch. Rank 0 creates the NCCL unique id and passes it through the store.
+//
+// Every operation first waits for LibTorch's stream, so that its kernels have
+// produced the data, then runs on a stream of its own and waits for it.
+// Sends run on a separate stream from everything else, so a pipeline stage's
+// pending send never blocks its next receive.
+#pragma once
+
+#include <chrono>
+#include <string>
+
+#include <torch/csrc/distributed/c10d/Store.hpp>
+
+#include "minipretrain/distributed/communicator.h"
+
+namespace minipretrain {
+
+class NcclCommunicator : public Communicator {
+ public:
+  // Throws std::runtime_error with the CUDA or NCCL reason when no GPU can be
+  // used, for example on a machine without one.
+  NcclCommunicator(std::string name, const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
+                   int device, std::chrono::milliseconds timeout);
+  ~NcclCommunicator() override;
+
+ protected:
+  void do_all_reduce(torch::Tensor& tensor, ReduceOp op) override;
+  torch::Tensor do_all_gather(const torch::Tensor& tensor, int64_t dim) override;
+  torch::Tensor do_reduce_scatter(const torch::Tensor& tensor) override;
+  void do_broadcast(torch::Tensor& tensor, int root) override;
+  std::unique_ptr<SendHandle> do_isend(const torch::Tensor& tensor, int dst, int tag) override;
+  void do_recv(torch::Tensor& tensor, int src, int tag) override;
+  void do_barrier() override;
+
+ private:
+  struct State;  // NCCL and CUDA handles, kept out of this header
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace minipretrain

@@ -1,0 +1,32 @@
+// Pipeline schedules as explicit lists of actions per stage, so that they can
+// be tested without processes. An action's communication is implied: a
+// forward on a non-first stage first receives its input from the previous
+// stage, a backward on a non-last stage first receives its output gradient
+// from the next stage; results are sent on without waiting.
+//
+//   GPipe: all M forwards, then all M backwards (holds M activations).
+//   1F1B:  warm-up of min(PP - stage - 1, M) forwards, then one forward / one
+//          backward, then the remaining backwards (holds <= PP - stage).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace minipretrain {
+
+struct Action {
+  enum Kind { Forward, Backward } kind;
+  int64_t microbatch;
+  bool operator==(const Action& o) const { return kind == o.kind && microbatch == o.microbatch; }
+};
+
+std::vector<Action> gpipe_schedule(int64_t num_stages, int64_t stage, int64_t num_microbatches);
+std::vector<Action> one_f_one_b_schedule(int64_t num_stages, int64_t stage, int64_t num_microbatches);
+// `name` is "gpipe" or "1f1b".
+std::vector<Action> make_schedule(const std::string& name, int64_t num_stages, int64_t stage, int64_t num_microbatches);
+
+// The most forwards whose backward has not run yet, at any point of the list.
+int64_t peak_in_flight(const std::vector<Action>& actions);
+
+}  // namespace minipretrain

@@ -1,0 +1,38 @@
+// Which slice of which full tensor a rank holds. Sharded tensors split one
+// dimension into equal contiguous pieces, one per tensor-parallel rank; the
+// vocabulary is padded first so that it divides (padding rows are zero).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+namespace minipretrain {
+
+struct ShardSpec {
+  int64_t dim = -1;                // -1: replicated on every TP rank
+  std::vector<int64_t> full_shape;  // the logical (unpadded) full tensor
+  int64_t offset = 0;              // where this shard starts along dim
+
+  bool sharded() const { return dim >= 0; }
+};
+
+// Shard `rank` of `world` along `dim` of a tensor of `full_shape`, with the
+// dimension padded up to a multiple of `world`.
+ShardSpec shard_along(int64_t dim, std::vector<int64_t> full_shape, int64_t rank, int64_t world);
+
+// The local shape a spec describes (padded length along dim).
+std::vector<int64_t> local_shape(const ShardSpec& spec, int64_t world);
+
+// This rank's slice of `full`, zero-padded where it runs past the end.
+torch::Tensor take_shard(const torch::Tensor& full, const ShardSpec& spec, int64_t local_length);
+
+// The full tensor from every rank's shard (in any order), padding dropped.
+torch::Tensor join_shards(const std::vector<std::pair<ShardSpec, torch::Tensor>>& shards);
+
+nlohmann::json to_json(const ShardSpec& spec);
+ShardSpec shard_spec_from_json(const nlohmann::json& json);
+
+}  // namespace minipretrain

@@ -1,0 +1,231 @@
+#!/usr/bin/env bash
+# Launches minipretrain on this node: NPROC_PER_NODE processes that find each
+# other through MASTER_ADDR:MASTER_PORT, with the same environment contract as
+# torchrun (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR,
+# MASTER_PORT). Run it once per node, with NODE_RANK 0..NNODES-1.
+#
+#   NPROC_PER_NODE=4 TP_SIZE=2 scripts/launch_pretrain.sh --data-dir data/tokens
+#   NNODES=2 NODE_RANK=1 MASTER_ADDR=node0 NPROC_PER_NODE=8 scripts/launch_pretrain.sh
+#   LAUNCHER=torchrun NPROC_PER_NODE=8 scripts/launch_pretrain.sh
+#
+# Settings (environment, defaults in brackets):
+#   NPROC_PER_NODE [1]  NNODES [1]  NODE_RANK [0]
+#   MASTER_ADDR [127.0.0.1]  MASTER_PORT [29500]
+#   TP_SIZE [1]  PP_SIZE [1]  MICRO_BATCH_SIZE [4]  MAX_STEPS [10000]
+#   MINIPRETRAIN_BIN [<script dir>/../build/minipretrain]
+#   LAUNCHER [builtin]: builtin | torchrun
+#   KILL_GRACE_SECONDS [5]: how long ranks get between SIGTERM and SIGKILL
+#     when another rank has failed.
+# Every argument goes to the binary unchanged. A flag built from a setting
+# above (--tensor-parallel-size, --pipeline-parallel-size, --micro-batch-size,
+# --max-steps) is left out when the arguments already carry it, so the command
+# line always wins over the environment.
+#
+# Exit status: the first failing rank's exit code; 0 when every rank succeeded;
+# 128+N when stopped by signal N; 2 for a bad setting.
+#
+# Signals: SIGINT, SIGTERM (and SIGHUP, as SIGTERM) are passed on to every rank
+# once, so the binary can stop cleanly; a second signal SIGKILLs the ranks.
+set -euo pipefail
+
+readonly PROG=launch_pretrain
+
+die() {  # one line on stderr, exit 2: a setting is wrong, nothing was started
+  echo "$PROG: error: $*" >&2
+  exit 2
+}
+log() { echo "$PROG: $*" >&2; }
+
+NPROC_PER_NODE=${NPROC_PER_NODE:-1}
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+MASTER_PORT=${MASTER_PORT:-29500}
+TP_SIZE=${TP_SIZE:-1}
+PP_SIZE=${PP_SIZE:-1}
+MICRO_BATCH_SIZE=${MICRO_BATCH_SIZE:-4}
+MAX_STEPS=${MAX_STEPS:-10000}
+MINIPRETRAIN_BIN=${MINIPRETRAIN_BIN:-$(dirname "$0")/../build/minipretrain}
+LAUNCHER=${LAUNCHER:-builtin}
+KILL_GRACE_SECONDS=${KILL_GRACE_SECONDS:-5}
+
+# ---- validation: fail before anything starts, with the setting's name --------
+# A plain digit pattern (no leading zeros, no sign) also rules out values that
+# bash arithmetic would misread, such as 08 (octal) or 1e3.
+for name in NPROC_PER_NODE NNODES MASTER_PORT TP_SIZE PP_SIZE MICRO_BATCH_SIZE MAX_STEPS KILL_GRACE_SECONDS; do
+  [[ ${!name} =~ ^[1-9][0-9]{0,8}$ ]] || die "$name must be a positive integer, got '${!name}'"
+done
+[[ $NODE_RANK =~ ^(0|[1-9][0-9]{0,8})$ ]] || die "NODE_RANK must be a non-negative integer, got '$NODE_RANK'"
+((NODE_RANK < NNODES)) || die "NODE_RANK=$NODE_RANK must be below NNODES=$NNODES"
+((MASTER_PORT <= 65535)) || die "MASTER_PORT must be at most 65535, got $MASTER_PORT"
+[[ -n $MASTER_ADDR ]] || die "MASTER_ADDR is empty"
+case $LAUNCHER in
+  builtin | torchrun) ;;
+  *) die "LAUNCHER must be 'builtin' or 'torchrun', got '$LAUNCHER'" ;;
+esac
+# A bare name (no slash) is looked up on PATH, like any command.
+if [[ $MINIPRETRAIN_BIN != */* ]] && command -v -- "$MINIPRETRAIN_BIN" >/dev/null 2>&1; then
+  MINIPRETRAIN_BIN=$(command -v -- "$MINIPRETRAIN_BIN")
+fi
+[[ -f $MINIPRETRAIN_BIN && -x $MINIPRETRAIN_BIN ]] ||
+  die "MINIPRETRAIN_BIN '$MINIPRETRAIN_BIN' is not an executable file (build it, or set MINIPRETRAIN_BIN)"
+
+# ---- the binary's command line ---------------------------------------------
+# True when the user's arguments already carry FLAG, as "FLAG VALUE" or
+# "FLAG=VALUE". Scanning stops at "--", after which nothing is a flag.
+user_has_flag() {
+  local flag=$1 arg
+  shift
+  for arg in "$@"; do
+    [[ $arg == -- ]] && return 1
+    [[ $arg == "$flag" || $arg == "$flag="* ]] && return 0
+  done
+  return 1
+}
+
+bin_args=()
+add_flag_unless_given() {  # FLAG VALUE USER_ARGS...
+  local flag=$1 value=$2
+  shift 2
+  user_has_flag "$flag" "$@" || bin_args+=("$flag" "$value")
+}
+add_flag_unless_given --tensor-parallel-size "$TP_SIZE" "$@"
+add_flag_unless_given --pipeline-parallel-size "$PP_SIZE" "$@"
+add_flag_unless_given --micro-batch-size "$MICRO_BATCH_SIZE" "$@"
+add_flag_unless_given --max-steps "$MAX_STEPS" "$@"
+bin_args+=("$@")
+
+WORLD_SIZE=$((NNODES * NPROC_PER_NODE))
+export MASTER_ADDR MASTER_PORT
+
+# The binary reads several launchers' variables and refuses to start when two
+# of them disagree. Variables inherited from an outer launcher (this script run
+# under mpirun or mpiexec, say) describe that launcher's process, not ours, so
+# they must not reach the ranks. SLURM_* may stay: the binary ignores them once
+# it has found RANK/WORLD_SIZE.
+unset OMPI_COMM_WORLD_RANK OMPI_COMM_WORLD_SIZE OMPI_COMM_WORLD_LOCAL_RANK OMPI_COMM_WORLD_LOCAL_SIZE \
+  PMI_RANK PMI_SIZE MPI_LOCALRANKID MPI_LOCALNRANKS
+
+log "launching $MINIPRETRAIN_BIN via $LAUNCHER: $NNODES node(s) x $NPROC_PER_NODE proc(s)/node," \
+  "world size $WORLD_SIZE, node rank $NODE_RANK, master $MASTER_ADDR:$MASTER_PORT"
+
+# ---- torchrun: it does the spawning, signal handling and teardown -----------
+if [[ $LAUNCHER == torchrun ]]; then
+  command -v torchrun >/dev/null 2>&1 || die "LAUNCHER=torchrun but torchrun is not on PATH"
+  # exec, so that signals reach torchrun itself and its exit status is ours.
+  exec torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NPROC_PER_NODE" \
+    --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
+    --no_python "$MINIPRETRAIN_BIN" "${bin_args[@]}"
+fi
+
+# ---- builtin launcher --------------------------------------------------------
+pids=()      # pids[local_rank]; emptied once that rank has been reaped
+live_count=0
+exit_code=0  # what the script exits with
+stopping=""  # why we are tearing down: "", "failure" or "signal"
+
+signal_ranks() {  # SIGNAL: send it to every rank not yet reaped
+  local pid
+  for pid in "${pids[@]}"; do
+    [[ -n $pid ]] && kill -s "$1" "$pid" 2>/dev/null
+  done
+  return 0
+}
+
+any_rank_alive() {
+  local pid
+  for pid in "${pids[@]}"; do
+    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null && return 0
+  done
+  return 1
+}
+
+# shellcheck disable=SC2317  # only ever called from the traps below
+on_signal() {  # SIGNAL NUMBER
+  if [[ -z $stopping ]]; then
+    stopping=signal
+    exit_code=$((128 + $2))
+    log "got SIG$1, passing it to $live_count rank(s) (a second signal kills them)"
+    # SIGHUP means the terminal went away; the ranks run in sessions of their
+    # own and never see it, so ask them to stop the usual way.
+    if [[ $1 == HUP ]]; then signal_ranks TERM; else signal_ranks "$1"; fi
+  else
+    # A second signal, or one during the teardown after a failure: stop waiting.
+    log "got SIG$1 while stopping, killing $live_count rank(s)"
+    signal_ranks KILL
+  fi
+}
+trap 'on_signal INT 2' INT
+trap 'on_signal TERM 15' TERM
+trap 'on_signal HUP 1' HUP
+# Should this script die of an error of its own, it must not leave ranks behind.
+trap 'signal_ranks KILL' EXIT
+
+# Runs in the forked child: becomes rank LOCAL_RANK of this node.
+start_rank() {
+  # bash starts background commands with SIGINT and SIGQUIT ignored, and a
+  # program started that way would never see the SIGINT we pass on.
+  trap - INT QUIT TERM HUP EXIT
+  export RANK=$((NODE_RANK * NPROC_PER_NODE + $1)) WORLD_SIZE LOCAL_RANK=$1 LOCAL_WORLD_SIZE=$NPROC_PER_NODE
+  # setsid (which execs in place, keeping the pid) gives the rank a session of
+  # its own, so a Ctrl-C at the terminal reaches only this script, which passes
+  # it on once. Otherwise each rank would get SIGINT twice, and a program that
+  # takes a second SIGINT as "abort now" would skip its clean stop.
+  if command -v setsid >/dev/null 2>&1; then
+    exec setsid "$MINIPRETRAIN_BIN" "${bin_args[@]}"
+  fi
+  exec "$MINIPRETRAIN_BIN" "${bin_args[@]}"
+}
+
+for ((local_rank = 0; local_rank < NPROC_PER_NODE; local_rank++)); do
+  start_rank "$local_rank" &
+  pids[local_rank]=$!
+  live_count=$((live_count + 1))
+done
+
+# After a failure: SIGTERM to the other ranks, then SIGKILL to those still alive
+# after the grace period. Ranks blocked in a collective with the failed one
+# would otherwise hang until their own timeout.
+stop_the_rest() {
+  local ticks=$((KILL_GRACE_SECONDS * 10))
+  signal_ranks TERM
+  while any_rank_alive && ((ticks-- > 0)); do sleep 0.1; done
+  if any_rank_alive; then
+    log "ranks still alive after ${KILL_GRACE_SECONDS}s, sending SIGKILL"
+    signal_ranks KILL
+  fi
+}
+
+# Wait for the ranks. This polls rather than blocking in `wait -n`: bash drops
+# a child that died of a signal from its job table as soon as it notices, and
+# `wait -n` then never reports it, so a SIGKILLed (say, OOM-killed) rank could
+# go unnoticed until all the others had exited. `wait PID` still returns such a
+# child's status, so each finished rank is found with kill -0 and collected
+# with `wait PID`.
+while ((live_count > 0)); do
+  for local_rank in "${!pids[@]}"; do
+    pid=${pids[local_rank]}
+    [[ -z $pid ]] && continue                # reaped earlier
+    kill -0 "$pid" 2>/dev/null && continue  # still running
+    rc=0
+    wait "$pid" || rc=$?
+    pids[local_rank]=""  # reaped: never signal or wait on this pid again
+    live_count=$((live_count - 1))
+    if ((rc != 0)) && [[ -z $stopping ]]; then
+      stopping=failure
+      exit_code=$rc
+      log "rank $((NODE_RANK * NPROC_PER_NODE + local_rank)) (local rank $local_rank, pid $pid)" \
+        "exited with code $rc; stopping the other $live_count rank(s)"
+      ((live_count > 0)) && stop_the_rest
+    fi
+  done
+  ((live_count > 0)) || break
+  # Waiting on a background sleep, not a foreground one, lets a trapped signal
+  # be handled at once instead of after the sleep.
+  sleep 0.2 &
+  wait $! || true
+done
+
+trap - EXIT
+[[ $stopping == failure ]] && log "exiting with code $exit_code"
+exit "$exit_code"

@@ -1,0 +1,206 @@
+#include "minipretrain/checkpoint/checkpoint.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+
+#include <torch/csrc/jit/serialization/pickle.h>
+
+namespace minipretrain {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr const char* kModelPrefix = "model/";
+constexpr const char* kOptimPrefix = "optim/";
+
+uint64_t fnv1a(const std::vector<char>& bytes) {
+  uint64_t h = 1469598103934665603ULL;
+  for (char c : bytes) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 1099511628211ULL;
+  }
+  return h;
+}
+
+std::string step_dir_name(int64_t step) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "checkpoint-%08lld", static_cast<long long>(step));
+  return name;
+}
+
+std::string shard_name(const Coordinates& c) {
+  return "shard-tp" + std::to_string(c.tp) + "-pp" + std::to_string(c.pp);
+}
+
+void write_file(const fs::path& path, const std::vector<char>& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out.flush();
+  if (!out) throw std::runtime_error("cannot write " + path.string());
+}
+
+std::vector<char> read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw CheckpointError("cannot read " + path.string());
+  return std::vector<char>(std::istreambuf_iterator<char>(in), {});
+}
+
+nlohmann::json read_json(const fs::path& path) {
+  std::ifstream in(path);
+  if (!in) throw CheckpointError("cannot read " + path.string());
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw CheckpointError(path.string() + " is corrupt: " + e.what());
+  }
+}
+
+// The fields a checkpoint must agree on to be loaded into this run.
+void check_compatible(const nlohmann::json& saved, const Config& config, const std::string& dir) {
+  const nlohmann::json now = to_json(config);
+  for (const char* key : {"vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_attention_heads",
+                          "num_key_value_heads", "tensor_parallel_size", "pipeline_parallel_size"}) {
+    if (saved.value(key, nlohmann::json()) != now.at(key))
+      throw CheckpointError("checkpoint " + dir + " has " + key + "=" + saved.value(key, nlohmann::json()).dump() +
+                            " but this run has " + now.at(key).dump());
+  }
+}
+
+}  // namespace
+
+void write_named_shard(const std::string& path_prefix, const std::map<std::string, torch::Tensor>& tensors,
+                       const std::map<std::string, ShardSpec>& specs) {
+  c10::Dict<std::string, torch::Tensor> dict;
+  for (const auto& [name, t] : tensors) dict.insert(name, t.detach().cpu().contiguous());
+  const std::vector<char> bytes = torch::pickle_save(dict);
+  nlohmann::json index = {{"bytes", bytes.size()}, {"fnv1a", fnv1a(bytes)}, {"specs", nlohmann::json::object()}};
+  for (const auto& [name, spec] : specs) index["specs"][name] = to_json(spec);
+  write_file(path_prefix + ".pt", bytes);
+  std::ofstream(path_prefix + ".json") << index.dump() << "\n";
+}
+
+std::map<std::string, torch::Tensor> read_named_shard(const std::string& path_prefix,
+                                                      std::map<std::string, ShardSpec>* specs) {
+  const nlohmann::json index = read_json(path_prefix + ".json");
+  const std::vector<char> bytes = read_file(path_prefix + ".pt");
+  if (bytes.size() != index.value("bytes", size_t{0}) || fnv1a(bytes) != index.value("fnv1a", uint64_t{0}))
+    throw CheckpointError(path_prefix + ".pt is corrupt: its size or hash does not match " + path_prefix + ".json");
+  std::map<std::string, torch::Tensor> out;
+  try {
+    for (const auto& entry : torch::pickle_load(bytes).toGenericDict())
+      out[entry.key().toStringRef()] = entry.value().toTensor();
+  } catch (const c10::Error& e) {
+    throw CheckpointError(path_prefix + ".pt cannot be read: " + e.what_without_backtrace());
+  }
+  if (specs)
+    for (const auto& [name, spec] : index.at("specs").items()) (*specs)[name] = shard_spec_from_json(spec);
+  return out;
+}
+
+std::string save_checkpoint(const std::string& output_dir, const TrainingProgress& progress, Stage& stage,
+                            const AdamW& optimizer, const Config& config, const ParallelState& parallel) {
+  const fs::path final_dir = fs::path(output_dir) / step_dir_name(progress.step);
+  const fs::path tmp_dir = final_dir.string() + ".tmp";
+  if (parallel.rank() == 0) {
+    fs::remove_all(tmp_dir);  // a save that died earlier
+    fs::create_directories(tmp_dir);
+  }
+  parallel.world().barrier();
+
+  if (parallel.coords().dp == 0) {
+    std::map<std::string, torch::Tensor> tensors;
+    std::map<std::string, ShardSpec> specs = stage->shard_specs();
+    for (const auto& p : stage->named_parameters()) tensors[kModelPrefix + p.key()] = p.value();
+    for (const auto& [name, t] : optimizer.state()) tensors[kOptimPrefix + name] = t;
+    std::map<std::string, ShardSpec> prefixed;
+    for (const auto& [name, spec] : specs) prefixed[kModelPrefix + name] = spec;
+    write_named_shard((tmp_dir / shard_name(parallel.coords())).string(), tensors, prefixed);
+  }
+  parallel.world().barrier();
+
+  if (parallel.rank() == 0) {
+    nlohmann::json meta = {{"step", progress.step},
+                           {"consumed_samples", progress.consumed_samples},
+                           {"config", to_json(config)},
+                           {"layout", {{"tp", parallel.layout().tp}, {"dp", parallel.layout().dp}, {"pp", parallel.layout().pp}}}};
+    std::ofstream(tmp_dir / "meta.json") << meta.dump(2) << "\n";
+    fs::remove_all(final_dir);
+    fs::rename(tmp_dir, final_dir);
+  }
+  parallel.world().barrier();
+  return final_dir.string();
+}
+
+std::string find_latest_checkpoint(const std::string& output_dir) {
+  static const std::regex pattern("checkpoint-(\\d+)");
+  std::string best;
+  int64_t best_step = -1;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(output_dir, ec)) {
+    std::smatch match;
+    const std::string name = entry.path().filename().string();
+    if (!std::regex_match(name, match, pattern) || !fs::exists(entry.path() / "meta.json")) continue;
+    const int64_t step = std::stoll(match[1]);
+    if (step > best_step) {
+      best_step = step;
+      best = entry.path().string();
+    }
+  }
+  return best;
+}
+
+TrainingProgress load_checkpoint(const std::string& dir, Stage& stage, AdamW& optimizer, const Config& config,
+                                 const ParallelState& parallel) {
+  const nlohmann::json meta = read_json(fs::path(dir) / "meta.json");
+  if (!meta.contains("config") || !meta.contains("step"))
+    throw CheckpointError(dir + "/meta.json is incomplete");
+  check_compatible(meta.at("config"), config, dir);
+
+  Coordinates saved = parallel.coords();
+  saved.dp = 0;
+  std::map<std::string, torch::Tensor> tensors = read_named_shard((fs::path(dir) / shard_name(saved)).string());
+  torch::NoGradGuard no_grad;
+  for (auto& p : stage->named_parameters()) {
+    auto it = tensors.find(kModelPrefix + p.key());
+    if (it == tensors.end()) throw CheckpointError("checkpoint " + dir + " has no tensor " + p.key());
+    if (!it->second.sizes().equals(p.value().sizes()))
+      throw CheckpointError("checkpoint " + dir + ": " + p.key() + " has shape " + c10::str(it->second.sizes()) +
+                            ", the model expects " + c10::str(p.value().sizes()));
+    p.value().copy_(it->second);
+  }
+  std::map<std::string, torch::Tensor> optim;
+  for (const auto& [name, t] : tensors)
+    if (name.rfind(kOptimPrefix, 0) == 0) optim[name.substr(std::strlen(kOptimPrefix))] = t;
+  try {
+    optimizer.load_state(optim);
+  } catch (const std::exception& e) {
+    throw CheckpointError("checkpoint " + dir + ": " + e.what());
+  }
+  return {meta.at("step").get<int64_t>(), meta.value("consumed_samples", int64_t{0})};
+}
+
+std::map<std::string, torch::Tensor> load_full_tensors(const std::string& dir, const std::string& file_prefix) {
+  std::map<std::string, std::vector<std::pair<ShardSpec, torch::Tensor>>> pieces;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(file_prefix, 0) != 0 || entry.path().extension() != ".pt") continue;
+    std::map<std::string, ShardSpec> specs;
+    const std::string prefix = (entry.path().parent_path() / entry.path().stem()).string();
+    for (auto& [key, tensor] : read_named_shard(prefix, &specs)) {
+      auto spec = specs.find(key);
+      if (spec == specs.end()) continue;  // optimizer state
+      pieces[key].emplace_back(spec->second, tensor);
+    }
+  }
+  std::map<std::string, torch::Tensor> full;
+  for (auto& [key, shards] : pieces) {
+    // Replicated tensors appear once per TP rank; any copy will do.
+    std::string name = key.rfind(kModelPrefix, 0) == 0 ? key.substr(std::strlen(kModelPrefix)) : key;
+    if (!shards.front().first.sharded()) shards.resize(1);
+    full[name] = join_shards(shards);
+  }
+  return full;
+}
+
+}  // namespace minipretrain

@@ -1,0 +1,164 @@
+#include "minipretrain/config/config.h"
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "minipretrain/config/fields.h"
+
+namespace minipretrain {
+namespace {
+
+void require(bool ok, const std::string& message) {
+  if (!ok) throw ConfigError(message);
+}
+
+void require_positive(const std::string& key, int64_t value) {
+  require(value > 0, key + " must be positive, got " + std::to_string(value));
+}
+
+std::string str(double v) {
+  std::ostringstream out;
+  out << v;
+  return out.str();
+}
+
+void validate_model(const ModelConfig& m) {
+  require_positive("vocab_size", m.vocab_size);
+  require_positive("hidden_size", m.hidden_size);
+  require_positive("intermediate_size", m.intermediate_size);
+  require_positive("num_layers", m.num_layers);
+  require_positive("num_attention_heads", m.num_attention_heads);
+  require_positive("max_seq_length", m.max_seq_length);
+  if (m.num_key_value_heads) require_positive("num_key_value_heads", *m.num_key_value_heads);
+  require(m.hidden_size % m.num_attention_heads == 0,
+          "hidden_size " + std::to_string(m.hidden_size) + " is not divisible by num_attention_heads " +
+              std::to_string(m.num_attention_heads));
+  require(m.head_dim() % 2 == 0, "head dimension hidden_size / num_attention_heads = " +
+                                     std::to_string(m.head_dim()) + " must be even for RoPE");
+  require(m.num_attention_heads % m.kv_heads() == 0,
+          "num_attention_heads " + std::to_string(m.num_attention_heads) +
+              " is not divisible by num_key_value_heads " + std::to_string(m.kv_heads()));
+  require(m.rope_theta > 0, "rope_theta must be positive, got " + str(m.rope_theta));
+  require(m.rms_norm_eps > 0, "rms_norm_eps must be positive, got " + str(m.rms_norm_eps));
+  require(m.init_std > 0, "init_std must be positive, got " + str(m.init_std));
+}
+
+void validate_train(const TrainConfig& t) {
+  require_positive("micro_batch_size", t.micro_batch_size);
+  if (t.global_batch_size) require_positive("global_batch_size", *t.global_batch_size);
+  require_positive("max_steps", t.max_steps);
+  require(t.learning_rate > 0, "learning_rate must be positive, got " + str(t.learning_rate));
+  require(t.min_lr >= 0, "min_lr must not be negative, got " + str(t.min_lr));
+  require(t.min_lr <= t.learning_rate,
+          "min_lr " + str(t.min_lr) + " is greater than learning_rate " + str(t.learning_rate));
+  require(t.weight_decay >= 0, "weight_decay must not be negative, got " + str(t.weight_decay));
+  require(t.grad_clip >= 0, "grad_clip must not be negative, got " + str(t.grad_clip));
+  require(t.warmup_ratio >= 0 && t.warmup_ratio <= 1,
+          "warmup_ratio must be in [0, 1], got " + str(t.warmup_ratio));
+  require(t.device == "auto" || t.device == "cpu" || t.device == "cuda",
+          "device must be auto, cpu or cuda, got '" + t.device + "'");
+  require(t.num_threads >= 0, "num_threads must not be negative, got " + std::to_string(t.num_threads));
+}
+
+void validate_layout(const Config& c, int64_t world_size) {
+  const ParallelConfig& p = c.parallel;
+  const ModelConfig& m = c.model;
+  require_positive("tensor_parallel_size", p.tensor_parallel_size);
+  require_positive("pipeline_parallel_size", p.pipeline_parallel_size);
+  require_positive("dist_timeout", p.dist_timeout);
+  require(p.pipeline_schedule == "gpipe" || p.pipeline_schedule == "1f1b",
+          "pipeline_schedule must be gpipe or 1f1b, got '" + p.pipeline_schedule + "'");
+  const int64_t tp = p.tensor_parallel_size, pp = p.pipeline_parallel_size;
+  require(world_size % (tp * pp) == 0,
+          "world size " + std::to_string(world_size) + " is not divisible by tensor_parallel_size " +
+              std::to_string(tp) + " x pipeline_parallel_size " + std::to_string(pp));
+  require(m.num_attention_heads % tp == 0,
+          "num_attention_heads " + std::to_string(m.num_attention_heads) +
+              " is not divisible by tensor_parallel_size " + std::to_string(tp));
+  require(m.kv_heads() % tp == 0, "num_key_value_heads " + std::to_string(m.kv_heads()) +
+                                      " is not divisible by tensor_parallel_size " + std::to_string(tp));
+  require(m.intermediate_size % tp == 0,
+          "intermediate_size " + std::to_string(m.intermediate_size) +
+              " is not divisible by tensor_parallel_size " + std::to_string(tp));
+  require(m.num_layers % pp == 0, "num_layers " + std::to_string(m.num_layers) +
+                                      " is not divisible by pipeline_parallel_size " + std::to_string(pp));
+}
+
+// DESIGN.md: global = micro x microbatches x DP; an explicit microbatch count
+// wins and a global batch that contradicts it is an error.
+void resolve_batch(Config& c) {
+  const int64_t micro = c.train.micro_batch_size, dp = c.data_parallel_size;
+  auto& global = c.train.global_batch_size;
+  auto& microbatches = c.parallel.num_microbatches;
+  if (microbatches) {
+    require_positive("num_microbatches", *microbatches);
+    const int64_t implied = micro * *microbatches * dp;
+    require(!global || *global == implied,
+            "global_batch_size " + std::to_string(global.value_or(0)) + " contradicts micro_batch_size " +
+                std::to_string(micro) + " x num_microbatches " + std::to_string(*microbatches) +
+                " x data-parallel size " + std::to_string(dp) + " = " + std::to_string(implied));
+    global = implied;
+    return;
+  }
+  if (!global) global = 32;
+  require(*global % (micro * dp) == 0,
+          "global_batch_size " + std::to_string(*global) + " is not divisible by micro_batch_size " +
+              std::to_string(micro) + " x data-parallel size " + std::to_string(dp));
+  microbatches = *global / (micro * dp);
+}
+
+}  // namespace
+
+void Config::resolve(int64_t world_size) {
+  require(world_size > 0, "world size must be positive, got " + std::to_string(world_size));
+  validate_model(model);
+  validate_train(train);
+  require_positive("num_train_samples", data.num_train_samples);
+  require_positive("log_interval", log.log_interval);
+  require_positive("save_interval", log.save_interval);
+  validate_layout(*this, world_size);
+  data_parallel_size = world_size / (parallel.tensor_parallel_size * parallel.pipeline_parallel_size);
+  resolve_batch(*this);
+  model.num_key_value_heads = model.kv_heads();
+}
+
+nlohmann::json to_json(const Config& config) {
+  nlohmann::json out = nlohmann::json::object();
+  for (const Field& f : config_fields(const_cast<Config&>(config))) out[f.key] = f.get();
+  return out;
+}
+
+void apply_json(Config& config, const nlohmann::json& json, const std::string& origin) {
+  if (!json.is_object()) throw ConfigError(origin + ": expected a JSON object, got " + json.type_name());
+  std::vector<Field> fields = config_fields(config);
+  for (const auto& [key, value] : json.items()) {
+    auto it = std::find_if(fields.begin(), fields.end(), [&](const Field& f) { return f.key == key; });
+    if (it == fields.end()) throw ConfigError(origin + ": unknown key '" + key + "'");
+    try {
+      it->set(value);
+    } catch (const ConfigError& e) {
+      throw ConfigError(origin + ": " + e.what());
+    }
+  }
+}
+
+Config load_config_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw ConfigError("cannot read config file '" + path + "'");
+  nlohmann::json json;
+  try {
+    json = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw ConfigError("config file '" + path + "' is not valid JSON: " + e.what());
+  }
+  Config config;
+  apply_json(config, json, path);
+  return config;
+}
+
+int64_t padded_vocab_size(int64_t vocab_size, int64_t tensor_parallel_size) {
+  return (vocab_size + tensor_parallel_size - 1) / tensor_parallel_size * tensor_parallel_size;
+}
+
+}  // namespace minipretrain

@@ -1,0 +1,136 @@
+#include "minipretrain/config/fields.h"
+
+#include <algorithm>
+
+namespace minipretrain {
+namespace {
+
+using nlohmann::json;
+
+std::string type_name(const json& value) { return value.type_name(); }
+
+// Binders: one per member type. Each knows how to read JSON, write JSON and
+// parse command-line text for a member, and names the key in its errors.
+Field field_for(std::string key, std::string help, int64_t& member) {
+  Field f{key, std::move(help), nullptr, nullptr, nullptr};
+  f.get = [&member] { return json(member); };
+  f.set = [key, &member](const json& v) {
+    if (!v.is_number_integer())
+      throw ConfigError(key + " must be an integer, got " + type_name(v) + " " + v.dump());
+    member = v.get<int64_t>();
+  };
+  f.parse = [key, &member](const std::string& text) {
+    size_t used = 0;
+    try {
+      member = std::stoll(text, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != text.size())
+      throw ConfigError("--" + key + " must be an integer, got '" + text + "'");
+  };
+  return f;
+}
+
+Field field_for(std::string key, std::string help, std::optional<int64_t>& member) {
+  Field f{key, std::move(help), nullptr, nullptr, nullptr};
+  f.get = [&member] { return member ? json(*member) : json(nullptr); };
+  f.set = [key, &member](const json& v) {
+    if (v.is_null()) { member.reset(); return; }
+    if (!v.is_number_integer())
+      throw ConfigError(key + " must be an integer, got " + type_name(v) + " " + v.dump());
+    member = v.get<int64_t>();
+  };
+  f.parse = [key, &member](const std::string& text) {
+    int64_t value = 0;
+    field_for(key, "", value).parse(text);  // the integer checks of the plain field_for
+    member = value;
+  };
+  return f;
+}
+
+Field field_for(std::string key, std::string help, double& member) {
+  Field f{key, std::move(help), nullptr, nullptr, nullptr};
+  f.get = [&member] { return json(member); };
+  f.set = [key, &member](const json& v) {
+    if (!v.is_number())
+      throw ConfigError(key + " must be a number, got " + type_name(v) + " " + v.dump());
+    member = v.get<double>();
+  };
+  f.parse = [key, &member](const std::string& text) {
+    size_t used = 0;
+    try {
+      member = std::stod(text, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != text.size())
+      throw ConfigError("--" + key + " must be a number, got '" + text + "'");
+  };
+  return f;
+}
+
+Field field_for(std::string key, std::string help, std::string& member) {
+  Field f{key, std::move(help), nullptr, nullptr, nullptr};
+  f.get = [&member] { return json(member); };
+  f.set = [key, &member](const json& v) {
+    if (!v.is_string())
+      throw ConfigError(key + " must be a string, got " + type_name(v) + " " + v.dump());
+    member = v.get<std::string>();
+  };
+  f.parse = [&member](const std::string& text) { member = text; };
+  return f;
+}
+
+}  // namespace
+
+std::string Field::flag() const {
+  std::string name = key;
+  std::replace(name.begin(), name.end(), '_', '-');
+  return "--" + name;
+}
+
+std::vector<Field> config_fields(Config& c) {
+  ModelConfig& m = c.model;
+  TrainConfig& t = c.train;
+  ParallelConfig& p = c.parallel;
+  return {
+      field_for("vocab_size", "vocabulary size", m.vocab_size),
+      field_for("hidden_size", "model width", m.hidden_size),
+      field_for("intermediate_size", "SwiGLU MLP width", m.intermediate_size),
+      field_for("num_layers", "decoder layers", m.num_layers),
+      field_for("num_attention_heads", "query heads", m.num_attention_heads),
+      field_for("num_key_value_heads", "key/value heads (GQA); default: the query heads", m.num_key_value_heads),
+      field_for("max_seq_length", "tokens per sample", m.max_seq_length),
+      field_for("rope_theta", "RoPE base", m.rope_theta),
+      field_for("rms_norm_eps", "RMSNorm epsilon", m.rms_norm_eps),
+      field_for("init_std", "standard deviation of the initial weights", m.init_std),
+      field_for("micro_batch_size", "samples per microbatch per data-parallel rank", t.micro_batch_size),
+      field_for("global_batch_size", "samples per optimizer step over all ranks (default 32)", t.global_batch_size),
+      field_for("max_steps", "optimizer steps", t.max_steps),
+      field_for("learning_rate", "peak learning rate", t.learning_rate),
+      field_for("min_lr", "learning rate at the end of the cosine decay", t.min_lr),
+      field_for("weight_decay", "AdamW weight decay (not applied to norm weights)", t.weight_decay),
+      field_for("grad_clip", "clip the global gradient norm to this (0: off)", t.grad_clip),
+      field_for("warmup_ratio", "fraction of max_steps spent in linear warm-up", t.warmup_ratio),
+      field_for("seed", "seed of the weights and the data order", t.seed),
+      field_for("device", "auto, cpu or cuda", t.device),
+      field_for("num_threads", "intra-op threads per process (0: cores / local processes)", t.num_threads),
+      field_for("resume", "checkpoint directory to resume from, or 'auto' for the newest", t.resume),
+      field_for("dump_first_step", "directory to write step 1's logits and gradients (for layout checks)", t.dump_first_step),
+      field_for("tensor_parallel_size", "tensor-parallel ranks", p.tensor_parallel_size),
+      field_for("pipeline_parallel_size", "pipeline stages", p.pipeline_parallel_size),
+      field_for("num_microbatches", "microbatches per step per data-parallel rank", p.num_microbatches),
+      field_for("pipeline_schedule", "gpipe or 1f1b", p.pipeline_schedule),
+      field_for("dist_timeout", "seconds before a stuck collective fails", p.dist_timeout),
+      field_for("master_addr", "rendezvous host (default: MASTER_ADDR)", p.master_addr),
+      field_for("master_port", "rendezvous port (default: MASTER_PORT)", p.master_port),
+      field_for("data_dir", "packed token directory (default: synthetic Markov data)", c.data.data_dir),
+      field_for("num_train_samples", "samples in the synthetic corpus", c.data.num_train_samples),
+      field_for("output_dir", "checkpoints and metrics.jsonl go here", c.log.output_dir),
+      field_for("log_interval", "steps between log lines", c.log.log_interval),
+      field_for("save_interval", "steps between checkpoints", c.log.save_interval),
+  };
+}
+
+}  // namespace minipretrain

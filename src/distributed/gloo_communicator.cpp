@@ -1,0 +1,94 @@
+#include "minipretrain/distributed/gloo_communicator.h"
+
+#include <cstdlib>
+
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+
+namespace minipretrain {
+namespace {
+
+// GLOO_SOCKET_IFNAME picks the network interface, as in PyTorch; otherwise
+// Gloo binds to the address this host's name resolves to.
+std::shared_ptr<::gloo::transport::Device> make_device() {
+  if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"))
+    return c10d::ProcessGroupGloo::createDeviceForInterface(ifname);
+  return c10d::ProcessGroupGloo::createDefaultDevice();
+}
+
+void require_cpu_contiguous(const torch::Tensor& t, const char* op) {
+  TORCH_CHECK(t.device().is_cpu(), "Gloo communicator: ", op, " needs a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.is_contiguous(), "Gloo communicator: ", op, " needs a contiguous tensor");
+}
+
+class GlooSendHandle : public SendHandle {
+ public:
+  GlooSendHandle(c10::intrusive_ptr<c10d::Work> work, torch::Tensor keep_alive)
+      : work_(std::move(work)), tensor_(std::move(keep_alive)) {}
+  void wait() override { work_->wait(); }
+
+ private:
+  c10::intrusive_ptr<c10d::Work> work_;
+  torch::Tensor tensor_;
+};
+
+}  // namespace
+
+GlooCommunicator::GlooCommunicator(std::string name, const c10::intrusive_ptr<c10d::Store>& store, int rank,
+                                   int size, std::chrono::milliseconds timeout)
+    : Communicator(name, rank, size) {
+  auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+  options->devices.push_back(make_device());
+  options->threads = 2;
+  auto prefixed = c10::make_intrusive<c10d::PrefixStore>(name, store);
+  group_ = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, rank, size, options);
+}
+
+void GlooCommunicator::do_all_reduce(torch::Tensor& tensor, ReduceOp op) {
+  require_cpu_contiguous(tensor, "all_reduce");
+  c10d::AllreduceOptions options;
+  options.reduceOp = op == ReduceOp::Max ? c10d::ReduceOp::MAX : c10d::ReduceOp::SUM;
+  std::vector<torch::Tensor> tensors{tensor};
+  group_->allreduce(tensors, options)->wait();
+  if (op == ReduceOp::Avg) tensor.div_(size());
+}
+
+torch::Tensor GlooCommunicator::do_all_gather(const torch::Tensor& tensor, int64_t dim) {
+  torch::Tensor input = tensor.contiguous();
+  require_cpu_contiguous(input, "all_gather");
+  std::vector<torch::Tensor> inputs{input};
+  std::vector<std::vector<torch::Tensor>> outputs(1);
+  for (int r = 0; r < size(); ++r) outputs[0].push_back(torch::empty_like(input));
+  group_->allgather(outputs, inputs)->wait();
+  return torch::cat(outputs[0], dim);
+}
+
+torch::Tensor GlooCommunicator::do_reduce_scatter(const torch::Tensor& tensor) {
+  torch::Tensor sum = tensor.contiguous().clone();
+  do_all_reduce(sum, ReduceOp::Sum);
+  return sum.chunk(size(), 0)[rank()].clone();
+}
+
+void GlooCommunicator::do_broadcast(torch::Tensor& tensor, int root) {
+  require_cpu_contiguous(tensor, "broadcast");
+  c10d::BroadcastOptions options;
+  options.rootRank = root;
+  std::vector<torch::Tensor> tensors{tensor};
+  group_->broadcast(tensors, options)->wait();
+}
+
+std::unique_ptr<SendHandle> GlooCommunicator::do_isend(const torch::Tensor& tensor, int dst, int tag) {
+  torch::Tensor payload = tensor.contiguous();
+  require_cpu_contiguous(payload, "send");
+  std::vector<torch::Tensor> tensors{payload};
+  return std::make_unique<GlooSendHandle>(group_->send(tensors, dst, tag), payload);
+}
+
+void GlooCommunicator::do_recv(torch::Tensor& tensor, int src, int tag) {
+  require_cpu_contiguous(tensor, "recv");
+  std::vector<torch::Tensor> tensors{tensor};
+  group_->recv(tensors, src, tag)->wait();
+}
+
+void GlooCommunicator::do_barrier() { group_->barrier()->wait(); }
+
+}  // namespace minipretrain

@@ -1,0 +1,74 @@
+#include "minipretrain/distributed/parallel_state.h"
+
+#include "minipretrain/distributed/gloo_communicator.h"
+#include "minipretrain/distributed/rendezvous.h"
+#ifdef MINIPRETRAIN_WITH_NCCL
+#include "minipretrain/distributed/nccl_communicator.h"
+#endif
+
+namespace minipretrain {
+namespace {
+
+constexpr int kDefaultMasterPort = 29500;
+
+// The communicator follows the device: Gloo for CPU tensors, NCCL for CUDA.
+std::shared_ptr<Communicator> make_group(const std::string& name, const c10::intrusive_ptr<c10d::Store>& store,
+                                         int rank, int size, const torch::Device& device,
+                                         std::chrono::milliseconds timeout) {
+  if (size == 1) return std::make_shared<SoloCommunicator>(name);
+  if (device.is_cuda()) {
+#ifdef MINIPRETRAIN_WITH_NCCL
+    return std::make_shared<NcclCommunicator>(name, store, rank, size, device.index(), timeout);
+#else
+    throw std::runtime_error("--device cuda with several processes needs NCCL, and this build has none "
+                             "(CMake did not find the CUDA toolkit with NCCL)");
+#endif
+  }
+  return std::make_shared<GlooCommunicator>(name, store, rank, size, timeout);
+}
+
+}  // namespace
+
+ParallelState::ParallelState()
+    : world_(std::make_shared<SoloCommunicator>("world")),
+      tp_(std::make_shared<SoloCommunicator>("tp")),
+      dp_(std::make_shared<SoloCommunicator>("dp")),
+      pp_(std::make_shared<SoloCommunicator>("pp")) {}
+
+ParallelState::ParallelState(const LaunchEnv& env, const Config& config, const torch::Device& device) {
+  layout_ = {config.parallel.tensor_parallel_size, config.data_parallel_size, config.parallel.pipeline_parallel_size};
+  rank_ = env.rank;
+  coords_ = layout_.coordinates(rank_);
+  if (env.world_size == 1) {
+    *this = ParallelState();
+    return;
+  }
+  std::string addr = config.parallel.master_addr.empty() ? env.master_addr : config.parallel.master_addr;
+  int64_t port = config.parallel.master_port ? config.parallel.master_port : env.master_port;
+  if (addr.empty())
+    throw ConfigError("MASTER_ADDR is not set: " + std::to_string(env.world_size) + " processes (launcher " +
+                      env.launcher + ") need a rendezvous host; export MASTER_ADDR or pass --master-addr");
+  if (port == 0) port = kDefaultMasterPort;
+  if (port < 1 || port > 65535) throw ConfigError("master_port must be in 1..65535, got " + std::to_string(port));
+
+  const std::chrono::milliseconds timeout(config.parallel.dist_timeout * 1000);
+  auto store = rendezvous(addr, static_cast<int>(port), static_cast<int>(rank_), static_cast<int>(env.world_size), timeout);
+
+  const Layout& l = layout_;
+  const Coordinates& c = coords_;
+  world_ = make_group("world", store, static_cast<int>(rank_), static_cast<int>(l.world()), device, timeout);
+  tp_ = make_group("tp.pp" + std::to_string(c.pp) + ".dp" + std::to_string(c.dp), store, static_cast<int>(c.tp),
+                   static_cast<int>(l.tp), device, timeout);
+  dp_ = make_group("dp.pp" + std::to_string(c.pp) + ".tp" + std::to_string(c.tp), store, static_cast<int>(c.dp),
+                   static_cast<int>(l.dp), device, timeout);
+  pp_ = make_group("pp.dp" + std::to_string(c.dp) + ".tp" + std::to_string(c.tp), store, static_cast<int>(c.pp),
+                   static_cast<int>(l.pp), device, timeout);
+}
+
+std::string ParallelState::describe() const {
+  return "Rank " + std::to_string(rank_) + " | DP: " + std::to_string(coords_.dp) + "/" + std::to_string(layout_.dp) +
+         " | TP: " + std::to_string(coords_.tp) + "/" + std::to_string(layout_.tp) +
+         " | PP: " + std::to_string(coords_.pp) + "/" + std::to_string(layout_.pp);
+}
+
+}  // namespace minipretrain

@@ -1,0 +1,124 @@
+// minipretrain: wires the command line to the trainer. Exit codes: 0 done,
+// 2 bad configuration or layout, 1 any other failure (data, checkpoint, a
+// peer process that died).
+#include <cstdio>
+#include <fstream>
+#include <thread>
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+
+#include "minipretrain/checkpoint/checkpoint.h"
+#include "minipretrain/config/cli.h"
+#include "minipretrain/distributed/launch_env.h"
+#include "minipretrain/distributed/parallel_state.h"
+#include "minipretrain/model/stage.h"
+#include "minipretrain/train/trainer.h"
+
+using namespace minipretrain;
+
+namespace {
+
+// Debian's LibTorch calls whichever libblas.so.3 the alternatives system
+// points at; the reference one runs fp32 GEMM ~30x slower than OpenBLAS.
+void warn_on_reference_blas() {
+  std::ifstream maps("/proc/self/maps");
+  bool reference = false, openblas = false;
+  for (std::string line; std::getline(maps, line);) {
+    if (line.find("openblas") != std::string::npos) openblas = true;
+    if (line.find("/blas/libblas.so") != std::string::npos) reference = true;
+  }
+  if (reference && !openblas)
+    spdlog::warn("LibTorch is using the reference BLAS (about 30x slower): apt-get install libopenblas0-openmp");
+}
+
+int threads_per_process(const Config& config, const LaunchEnv& env) {
+  if (config.train.num_threads > 0) return static_cast<int>(config.train.num_threads);
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::max(1, cores / static_cast<int>(env.local_world_size));
+}
+
+torch::Device pick_device(const std::string& wanted, const LaunchEnv& env) {
+  const bool cuda = torch::cuda::is_available();
+  if (wanted == "cuda" && !cuda) throw ConfigError("device cuda was asked for, but no CUDA device is available");
+  if (wanted == "cpu" || !cuda) return torch::kCPU;
+  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank % torch::cuda::device_count()));
+}
+
+void print_config(const Config& config) {
+  std::printf("%s\n", to_json(config).dump(2).c_str());
+  const ParameterCount n = count_parameters(config.model);
+  std::printf("parameters: %lld total\n", static_cast<long long>(n.total()));
+  std::printf("  embedding  %14lld\n  attention  %14lld  (%lld per layer)\n  mlp        %14lld  (%lld per layer)\n"
+              "  norms      %14lld  (%lld per layer + final)\n  lm_head    %14lld\n",
+              static_cast<long long>(n.embedding), static_cast<long long>(n.attention),
+              static_cast<long long>(n.per_layer_attention), static_cast<long long>(n.mlp),
+              static_cast<long long>(n.per_layer_mlp), static_cast<long long>(n.norms),
+              static_cast<long long>(n.per_layer_norms), static_cast<long long>(n.lm_head));
+}
+
+void log_banner(const Config& config, const ParallelState& parallel, const TokenDataset* data, int threads) {
+  const ParameterCount n = count_parameters(config.model);
+  spdlog::info("minipretrain | {:.2f}M parameters | {} layers, hidden {}, heads {} (kv {}), vocab {}, seq {}",
+               n.total() / 1e6, config.model.num_layers, config.model.hidden_size, config.model.num_attention_heads,
+               config.model.kv_heads(), config.model.vocab_size, config.model.max_seq_length);
+  spdlog::info("Layout DP {} x TP {} x PP {} | global batch {} = micro {} x microbatches {} x DP {} | schedule {} | "
+               "{} threads per process",
+               parallel.layout().dp, parallel.layout().tp, parallel.layout().pp, config.global_batch(),
+               config.train.micro_batch_size, config.microbatches(), parallel.layout().dp,
+               config.parallel.pipeline_schedule, threads);
+  spdlog::info("Steps {} | LR {:.2e} -> {:.2e}, warm-up {:.0f}% | weight decay {} | grad clip {}", config.train.max_steps,
+               config.train.learning_rate, config.train.min_lr, 100 * config.train.warmup_ratio,
+               config.train.weight_decay, config.train.grad_clip);
+  if (data) spdlog::info("Data: {}", data->describe());
+}
+
+// Exceptions from c10d carry a backtrace over many lines: one line is enough.
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+[[noreturn]] void fail(int code, const std::string& message) {
+  spdlog::error("{}", first_line(message));
+  spdlog::shutdown();
+  std::fflush(stdout);
+  std::fflush(stderr);
+  // Skip destructors: a process group whose peer died can block in them.
+  std::_Exit(code);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    auto command_line = parse_command_line(argc, argv);
+    if (!command_line) return 0;
+    Config config = command_line->config;
+    const LaunchEnv env = detect_launch_env();
+    config.resolve(env.world_size);
+    if (command_line->print_config) {
+      print_config(config);
+      return 0;
+    }
+    spdlog::set_pattern(env.world_size > 1 ? "[%H:%M:%S] [rank " + std::to_string(env.rank) + "] %^%l%$ %v"
+                                           : "[%H:%M:%S] %^%l%$ %v");
+    if (const char* level = std::getenv("MINIPRETRAIN_LOG_LEVEL")) spdlog::set_level(spdlog::level::from_str(level));
+    warn_on_reference_blas();
+    const int threads = threads_per_process(config, env);
+    torch::set_num_threads(threads);
+    const torch::Device device = pick_device(config.train.device, env);
+
+    ParallelState parallel(env, config, device);
+    spdlog::info("{}", parallel.describe());
+    Trainer trainer(config, parallel, device);
+    if (parallel.is_logging_rank()) log_banner(config, parallel, trainer.dataset(), threads);
+    trainer.run();
+    if (parallel.is_logging_rank()) spdlog::info("Training finished");
+    spdlog::shutdown();
+    std::fflush(stdout);
+    std::_Exit(0);
+  } catch (const ConfigError& e) {
+    fail(2, e.what());
+  } catch (const c10::Error& e) {
+    fail(1, e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    fail(1, e.what());
+  }
+}

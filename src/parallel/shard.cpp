@@ -1,0 +1,55 @@
+#include "minipretrain/parallel/shard.h"
+
+#include <algorithm>
+
+namespace minipretrain {
+
+ShardSpec shard_along(int64_t dim, std::vector<int64_t> full_shape, int64_t rank, int64_t world) {
+  const int64_t length = (full_shape.at(dim) + world - 1) / world;
+  return ShardSpec{dim, std::move(full_shape), rank * length};
+}
+
+std::vector<int64_t> local_shape(const ShardSpec& spec, int64_t world) {
+  std::vector<int64_t> shape = spec.full_shape;
+  if (spec.sharded()) shape[spec.dim] = (shape[spec.dim] + world - 1) / world;
+  return shape;
+}
+
+torch::Tensor take_shard(const torch::Tensor& full, const ShardSpec& spec, int64_t local_length) {
+  if (!spec.sharded()) return full.clone();
+  const int64_t available = std::max<int64_t>(0, std::min(local_length, full.size(spec.dim) - spec.offset));
+  std::vector<int64_t> shape = full.sizes().vec();
+  shape[spec.dim] = local_length;
+  torch::Tensor shard = torch::zeros(shape, full.options());
+  if (available > 0) shard.narrow(spec.dim, 0, available).copy_(full.narrow(spec.dim, spec.offset, available));
+  return shard;
+}
+
+torch::Tensor join_shards(const std::vector<std::pair<ShardSpec, torch::Tensor>>& shards) {
+  TORCH_CHECK(!shards.empty(), "join_shards: no shards");
+  const ShardSpec& first = shards.front().first;
+  if (!first.sharded()) return shards.front().second.clone();
+  auto ordered = shards;
+  std::sort(ordered.begin(), ordered.end(), [](const auto& a, const auto& b) { return a.first.offset < b.first.offset; });
+  std::vector<torch::Tensor> pieces;
+  int64_t expected = 0;
+  for (const auto& [spec, tensor] : ordered) {
+    TORCH_CHECK(spec.offset == expected, "join_shards: shard at offset ", spec.offset, " but ", expected, " expected");
+    pieces.push_back(tensor);
+    expected += tensor.size(spec.dim);
+  }
+  const int64_t full = first.full_shape[first.dim];
+  TORCH_CHECK(expected >= full, "join_shards: shards cover ", expected, " of ", full, " rows");
+  return torch::cat(pieces, first.dim).narrow(first.dim, 0, full).clone();
+}
+
+nlohmann::json to_json(const ShardSpec& spec) {
+  return {{"dim", spec.dim}, {"full_shape", spec.full_shape}, {"offset", spec.offset}};
+}
+
+ShardSpec shard_spec_from_json(const nlohmann::json& json) {
+  return ShardSpec{json.at("dim").get<int64_t>(), json.at("full_shape").get<std::vector<int64_t>>(),
+                   json.at("offset").get<int64_t>()};
+}
+
+}  // namespace minipretrain

@@ -1,0 +1,182 @@
+#include "minipretrain/train/trainer.h"
+
+#include <chrono>
+#include <filesystem>
+
+#include "minipretrain/checkpoint/checkpoint.h"
+#include "minipretrain/train/grad_clip.h"
+
+namespace minipretrain {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::vector<std::pair<std::string, torch::Tensor>> named(const Stage& stage) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& p : stage->named_parameters()) out.emplace_back(p.key(), p.value());
+  return out;
+}
+
+nlohmann::json stats_json(const Communicator& comm) {
+  nlohmann::json out = nlohmann::json::object();
+  for (const auto& [op, s] : comm.stats()) out[op] = {{"calls", s.calls}, {"bytes", s.bytes}};
+  return out;
+}
+
+}  // namespace
+
+Trainer::Trainer(Config config, ParallelState& parallel, torch::Device device)
+    : config_(std::move(config)),
+      parallel_(parallel),
+      device_(device),
+      schedule_(config_.train.learning_rate, config_.train.min_lr, config_.train.warmup_ratio, config_.train.max_steps) {
+  const Layout& layout = parallel_.layout();
+  stage_ = Stage(config_.model, StagePosition{parallel_.coords().pp, layout.pp}, parallel_.tp_ptr());
+  stage_->initialize(config_.train.seed);
+  stage_->to_device(device_);
+
+  AdamWOptions options;
+  options.weight_decay = config_.train.weight_decay;
+  optimizer_ = std::make_unique<AdamW>(named(stage_), options);
+  buckets_ = std::make_unique<GradientBuckets>(stage_->parameters());
+
+  dataset_ = make_dataset(config_);
+  sampler_ = std::make_unique<GlobalBatchSampler>(dataset_->num_samples(), config_.global_batch(), config_.train.seed);
+
+  actions_ = make_schedule(config_.parallel.pipeline_schedule, layout.pp, parallel_.coords().pp, config_.microbatches());
+  executor_ = std::make_unique<PipelineExecutor>(
+      stage_, parallel_.pp(),
+      std::vector<int64_t>{config_.train.micro_batch_size, config_.model.max_seq_length, config_.model.hidden_size});
+  if (!config_.train.dump_first_step.empty())
+    executor_->on_logits = [this](int64_t m, const torch::Tensor& logits) {
+      if (m == 0 && !first_logits_.defined()) first_logits_ = logits.clone();
+    };
+}
+
+std::vector<Microbatch> Trainer::microbatches(int64_t step) const {
+  const int64_t rows_per_rank = config_.global_batch() / parallel_.layout().dp;
+  torch::Tensor batch = gather_samples(*dataset_, sampler_->indices(step));
+  torch::Tensor local = batch.narrow(0, parallel_.coords().dp * rows_per_rank, rows_per_rank);
+  const int64_t micro = config_.train.micro_batch_size, seq = config_.model.max_seq_length;
+  std::vector<Microbatch> out;
+  for (int64_t m = 0; m < config_.microbatches(); ++m) {
+    torch::Tensor rows = local.narrow(0, m * micro, micro).to(device_);
+    out.push_back({rows.narrow(1, 0, seq), rows.narrow(1, 1, seq)});
+  }
+  return out;
+}
+
+Trainer::StepStats Trainer::train_step(int64_t step) {
+  const auto start = Clock::now();
+  optimizer_->zero_grad();
+  StepResult result = executor_->run(actions_, microbatches(step));
+  buckets_->all_reduce_mean(parallel_.dp());
+  if (step == 1 && !config_.train.dump_first_step.empty()) dump_first_step();
+  const double grad_norm = clip_grad_norm(named(stage_), stage_->shard_specs(), config_.train.grad_clip,
+                                          parallel_.tp(), parallel_.pp());
+  const double lr = schedule_.at(step);
+  optimizer_->step(lr);
+
+  // The last stage knows the loss; one tiny all-reduce tells every rank.
+  const bool reports = parallel_.is_last_stage() && parallel_.coords().tp == 0;
+  torch::Tensor loss = torch::tensor({reports ? result.loss / parallel_.layout().dp : 0.0}, torch::kDouble);
+  parallel_.world().all_reduce(loss, ReduceOp::Sum);
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  const double bubble = result.total_seconds > 0 ? 1.0 - result.busy_seconds / result.total_seconds : 0.0;
+  return {loss.item<double>(), grad_norm, lr, seconds, bubble};
+}
+
+void Trainer::run() {
+  std::filesystem::create_directories(config_.log.output_dir);
+  resume();
+  if (parallel_.is_logging_rank()) metrics_ = std::make_unique<MetricsLog>(config_.log.output_dir, start_step_ - 1);
+  const int64_t max_steps = config_.train.max_steps;
+  double interval_seconds = 0;
+  int64_t interval_steps = 0;
+  for (int64_t step = start_step_; step <= max_steps; ++step) {
+    for (Communicator* c : {&parallel_.tp(), &parallel_.dp(), &parallel_.pp()}) c->reset_stats();
+    StepStats stats = train_step(step);
+    elapsed_ += stats.seconds;
+    interval_seconds += stats.seconds;
+    ++interval_steps;
+    if (!std::isfinite(stats.loss))
+      throw std::runtime_error("loss is " + std::to_string(stats.loss) + " at step " + std::to_string(step) +
+                               ": training diverged (try a lower --learning-rate)");
+    if (step % config_.log.log_interval == 0 || step == max_steps) {
+      log_step(step, stats, interval_seconds, interval_steps);
+      interval_seconds = 0;
+      interval_steps = 0;
+    }
+    if (step % config_.log.save_interval == 0 || step == max_steps) {
+      const std::string dir = save_checkpoint(config_.log.output_dir, {step, step * config_.global_batch()}, stage_,
+                                              *optimizer_, config_, parallel_);
+      if (parallel_.is_logging_rank()) spdlog::info("Saved checkpoint {}", dir);
+    }
+  }
+}
+
+void Trainer::resume() {
+  std::string dir = config_.train.resume;
+  if (dir.empty()) return;
+  if (dir == "auto") {
+    dir = find_latest_checkpoint(config_.log.output_dir);
+    if (dir.empty()) {
+      if (parallel_.is_logging_rank())
+        spdlog::info("--resume auto: no checkpoint under {}, starting from step 1", config_.log.output_dir);
+      return;
+    }
+  }
+  TrainingProgress progress = load_checkpoint(dir, stage_, *optimizer_, config_, parallel_);
+  start_step_ = progress.step + 1;
+  if (parallel_.is_logging_rank()) spdlog::info("Resumed from {} at step {}", dir, progress.step);
+}
+
+void Trainer::log_step(int64_t step, const StepStats& s, double interval_seconds, int64_t interval_steps) {
+  if (!parallel_.is_logging_rank()) return;
+  const double samples_per_s = config_.global_batch() * interval_steps / interval_seconds;
+  const double tokens_per_s = samples_per_s * config_.model.max_seq_length;
+  std::string line = fmt::format("Step {} | Loss: {:.4f} | LR: {:.2e} | Throughput: {:.2f} samples/s | {:.0f} tokens/s | "
+                                 "Grad norm: {:.3f} | {:.1f} ms/step",
+                                 step, s.loss, s.lr, samples_per_s, tokens_per_s, s.grad_norm,
+                                 1000.0 * interval_seconds / interval_steps);
+  const int64_t pp = parallel_.layout().pp, m = config_.microbatches();
+  const double theory = static_cast<double>(pp - 1) / static_cast<double>(m + pp - 1);
+  if (pp > 1) line += fmt::format(" | Bubble: {:.2f} (theory {:.2f})", s.bubble, theory);
+  spdlog::info(line);
+  nlohmann::json record = {{"step", step},
+                           {"loss", s.loss},
+                           {"lr", s.lr},
+                           {"grad_norm", s.grad_norm},
+                           {"tokens_per_s", tokens_per_s},
+                           {"samples_per_s", samples_per_s},
+                           {"elapsed_s", elapsed_},
+                           {"ms_per_step", 1000.0 * interval_seconds / interval_steps},
+                           {"bubble", s.bubble},
+                           {"bubble_theory", theory},
+                           {"comm", comm_stats()}};
+  spdlog::debug("communication this step: {}", record["comm"].dump());
+  metrics_->write(record);
+}
+
+nlohmann::json Trainer::comm_stats() const {
+  return {{"tp", stats_json(parallel_.tp())}, {"dp", stats_json(parallel_.dp())}, {"pp", stats_json(parallel_.pp())}};
+}
+
+void Trainer::dump_first_step() const {
+  if (parallel_.coords().dp != 0) return;
+  namespace fs = std::filesystem;
+  const fs::path dir = config_.train.dump_first_step;
+  fs::create_directories(dir);
+  const std::string where = "tp" + std::to_string(parallel_.coords().tp) + "-pp" + std::to_string(parallel_.coords().pp);
+  std::map<std::string, torch::Tensor> grads;
+  for (const auto& p : stage_->named_parameters()) grads[p.key()] = p.value().grad();
+  write_named_shard((dir / ("grads-" + where)).string(), grads, stage_->shard_specs());
+  if (parallel_.is_last_stage()) {
+    const ShardSpec& head = stage_->shard_specs().at("lm_head.weight");
+    const std::vector<int64_t> full{first_logits_.size(0), first_logits_.size(1), config_.model.vocab_size};
+    write_named_shard((dir / ("logits-" + where)).string(), {{"logits", first_logits_}},
+                      {{"logits", ShardSpec{2, full, head.offset}}});
+  }
+}
+
+}  // namespace minipretrain

@@ -1,0 +1,179 @@
+#include "test_support.h"
+
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <torch/csrc/distributed/c10d/HashStore.hpp>
+
+#include "minipretrain/distributed/gloo_communicator.h"
+
+extern char** environ;
+
+namespace minipretrain::test {
+namespace fs = std::filesystem;
+
+Process::Process(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env) {
+  static int counter = 0;
+  log_path_ = (fs::temp_directory_path() / ("minipretrain-test-" + std::to_string(::getpid()) + "-" +
+                                            std::to_string(counter++) + ".log")).string();
+  std::map<std::string, std::string> merged;
+  for (char** e = environ; *e; ++e) {
+    std::string kv = *e;
+    merged[kv.substr(0, kv.find('='))] = kv.substr(kv.find('=') + 1);
+  }
+  for (const auto& [k, v] : env) merged[k] = v;
+  std::vector<std::string> env_strings;
+  for (const auto& [k, v] : merged) env_strings.push_back(k + "=" + v);
+
+  pid_ = ::fork();
+  if (pid_ == 0) {
+    FILE* log = std::fopen(log_path_.c_str(), "w");
+    ::dup2(::fileno(log), 1);
+    ::dup2(::fileno(log), 2);
+    ::setpgid(0, 0);
+    std::vector<char*> args, envp;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    for (const auto& e : env_strings) envp.push_back(const_cast<char*>(e.c_str()));
+    envp.push_back(nullptr);
+    ::execve(args[0], args.data(), envp.data());
+    std::perror("execve");
+    ::_exit(127);
+  }
+}
+
+Process::~Process() {
+  if (pid_ > 0) {
+    ::kill(-pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+  }
+  fs::remove(log_path_);
+}
+
+void Process::kill(int signal) { ::kill(pid_, signal); }
+
+ProcessResult Process::wait(double timeout_seconds) {
+  ProcessResult result;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_seconds);
+  int status = 0;
+  while (true) {
+    const int done = ::waitpid(pid_, &status, WNOHANG);
+    if (done == pid_) {
+      result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      pid_ = -1;
+      break;
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(-pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+      pid_ = -1;
+      result.exit_code = -1;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  std::ifstream in(log_path_);
+  std::stringstream text;
+  text << in.rdbuf();
+  result.output = text.str();
+  return result;
+}
+
+ProcessResult run(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
+                  double timeout_seconds) {
+  return Process(argv, env).wait(timeout_seconds);
+}
+
+std::vector<ProcessResult> run_ranks(int world, const std::vector<std::string>& args, double timeout_seconds) {
+  const std::string port = std::to_string(free_port());
+  std::vector<std::unique_ptr<Process>> processes;
+  std::vector<std::string> argv{binary()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  for (int r = 0; r < world; ++r)
+    processes.push_back(std::make_unique<Process>(
+        argv, std::map<std::string, std::string>{{"RANK", std::to_string(r)},
+                                                 {"WORLD_SIZE", std::to_string(world)},
+                                                 {"LOCAL_RANK", std::to_string(r)},
+                                                 {"LOCAL_WORLD_SIZE", std::to_string(world)},
+                                                 {"MASTER_ADDR", "127.0.0.1"},
+                                                 {"MASTER_PORT", port}}));
+  std::vector<ProcessResult> results;
+  for (auto& p : processes) results.push_back(p->wait(timeout_seconds));
+  return results;
+}
+
+std::string binary() { return MINIPRETRAIN_BIN; }
+
+std::string fresh_dir(const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() / ("minipretrain-tests-" + std::to_string(::getuid())) / name;
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir.string();
+}
+
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+std::map<int64_t, nlohmann::json> read_metrics(const std::string& output_dir) {
+  std::map<int64_t, nlohmann::json> out;
+  std::ifstream in(fs::path(output_dir) / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    auto record = nlohmann::json::parse(line);
+    out[record.at("step").get<int64_t>()] = record;
+  }
+  return out;
+}
+
+std::vector<std::string> tiny_args(const std::string& output_dir, int max_steps) {
+  return {"--vocab-size", "96", "--hidden-size", "64", "--intermediate-size", "128", "--num-layers", "4",
+          "--num-attention-heads", "8", "--num-key-value-heads", "4", "--max-seq-length", "16",
+          "--micro-batch-size", "2", "--global-batch-size", "8", "--max-steps", std::to_string(max_steps),
+          "--learning-rate", "3e-3", "--min-lr", "3e-4", "--warmup-ratio", "0.1", "--num-train-samples", "512",
+          "--log-interval", "1", "--save-interval", "1000", "--num-threads", "1", "--dist-timeout", "60",
+          "--output-dir", output_dir};
+}
+
+void with_gloo_group(int world, const std::function<void(int, Communicator&)>& fn) {
+  auto store = c10::make_intrusive<c10d::HashStore>();
+  std::vector<std::thread> threads;
+  std::vector<std::exception_ptr> errors(world);
+  for (int r = 0; r < world; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        GlooCommunicator comm("test", store, r, world, std::chrono::seconds(60));
+        fn(r, comm);
+      } catch (...) {
+        errors[r] = std::current_exception();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+double max_relative_error(const torch::Tensor& a, const torch::Tensor& b, double floor) {
+  torch::Tensor diff = (a.to(torch::kDouble) - b.to(torch::kDouble)).abs();
+  torch::Tensor scale = b.to(torch::kDouble).abs().clamp_min(floor);
+  return (diff / scale).max().item<double>();
+}
+
+}  // namespace minipretrain::test

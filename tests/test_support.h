@@ -1,0 +1,58 @@
+// Helpers shared by the tests: running the real binary as processes, reading
+// metrics.jsonl, running a function on N threads that form a Gloo group.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "minipretrain/distributed/communicator.h"
+
+namespace minipretrain::test {
+
+struct ProcessResult {
+  int exit_code = -1;  // 128 + signal when killed, -1 when it ran past the timeout
+  std::string output;  // stdout and stderr
+};
+
+// Starts `argv` with `env` added to this process's environment.
+class Process {
+ public:
+  Process(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env);
+  ~Process();
+  ProcessResult wait(double timeout_seconds);
+  void kill(int signal);
+  int pid() const { return pid_; }
+
+ private:
+  int pid_ = -1;
+  std::string log_path_;
+};
+
+ProcessResult run(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env = {},
+                  double timeout_seconds = 300);
+
+// The binary with `args`, as `world` processes with torchrun's variables.
+std::vector<ProcessResult> run_ranks(int world, const std::vector<std::string>& args, double timeout_seconds = 300);
+
+std::string binary();
+std::string fresh_dir(const std::string& name);  // empty, under the build's temp
+int free_port();
+
+// step -> record, from OUTPUT/metrics.jsonl.
+std::map<int64_t, nlohmann::json> read_metrics(const std::string& output_dir);
+
+// The small GQA model every run test uses, as command-line flags.
+std::vector<std::string> tiny_args(const std::string& output_dir, int max_steps);
+
+// Runs fn(rank, communicator) on `world` threads joined into one Gloo group.
+void with_gloo_group(int world, const std::function<void(int, Communicator&)>& fn);
+
+// Largest |a - b| / max(|b|, floor) over the elements.
+double max_relative_error(const torch::Tensor& a, const torch::Tensor& b, double floor = 1e-3);
+
+}  // namespace minipretrain::test
