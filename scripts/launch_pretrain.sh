@@ -51,7 +51,7 @@ KILL_GRACE_SECONDS=${KILL_GRACE_SECONDS:-5}
 
 # ---- validation: fail before anything starts, with the setting's name --------
 # A plain digit pattern (no leading zeros, no sign) also rules out values that
-# bash arithmetic would misread, such as 08 (octal) or 1e3.
+# bash arithmetic would misread, such as 08 (octal).
 for name in NPROC_PER_NODE NNODES MASTER_PORT TP_SIZE PP_SIZE MICRO_BATCH_SIZE MAX_STEPS KILL_GRACE_SECONDS; do
   [[ ${!name} =~ ^[1-9][0-9]{0,8}$ ]] || die "$name must be a positive integer, got '${!name}'"
 done
@@ -63,6 +63,9 @@ case $LAUNCHER in
   builtin | torchrun) ;;
   *) die "LAUNCHER must be 'builtin' or 'torchrun', got '$LAUNCHER'" ;;
 esac
+if [[ $LAUNCHER == torchrun ]] && ! command -v torchrun >/dev/null 2>&1; then
+  die "LAUNCHER=torchrun but torchrun is not on PATH"
+fi
 # A bare name (no slash) is looked up on PATH, like any command.
 if [[ $MINIPRETRAIN_BIN != */* ]] && command -v -- "$MINIPRETRAIN_BIN" >/dev/null 2>&1; then
   MINIPRETRAIN_BIN=$(command -v -- "$MINIPRETRAIN_BIN")
@@ -111,7 +114,6 @@ log "launching $MINIPRETRAIN_BIN via $LAUNCHER: $NNODES node(s) x $NPROC_PER_NOD
 
 # ---- torchrun: it does the spawning, signal handling and teardown -----------
 if [[ $LAUNCHER == torchrun ]]; then
-  command -v torchrun >/dev/null 2>&1 || die "LAUNCHER=torchrun but torchrun is not on PATH"
   # exec, so that signals reach torchrun itself and its exit status is ours.
   exec torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NPROC_PER_NODE" \
     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \

@@ -170,10 +170,42 @@ void with_gloo_group(int world, const std::function<void(int, Communicator&)>& f
     if (e) std::rethrow_exception(e);
 }
 
-double max_relative_error(const torch::Tensor& a, const torch::Tensor& b, double floor) {
-  torch::Tensor diff = (a.to(torch::kDouble) - b.to(torch::kDouble)).abs();
-  torch::Tensor scale = b.to(torch::kDouble).abs().clamp_min(floor);
-  return (diff / scale).max().item<double>();
+double relative_error(const torch::Tensor& a, const torch::Tensor& b) {
+  const torch::Tensor bd = b.to(torch::kDouble);
+  return (a.to(torch::kDouble) - bd).norm().item<double>() / std::max(bd.norm().item<double>(), 1e-30);
+}
+
+}  // namespace minipretrain::test
+
+#include <gtest/gtest.h>
+
+#include "minipretrain/checkpoint/checkpoint.h"
+
+namespace minipretrain::test {
+
+void expect_all_succeeded(const std::vector<ProcessResult>& results) {
+  for (size_t r = 0; r < results.size(); ++r)
+    ASSERT_EQ(results[r].exit_code, 0) << "rank " << r << " output:\n" << results[r].output;
+}
+
+void expect_same_losses(const std::string& a_dir, const std::string& b_dir, int64_t steps, double rel) {
+  auto a = read_metrics(a_dir), b = read_metrics(b_dir);
+  for (int64_t step = 1; step <= steps; ++step) {
+    ASSERT_TRUE(a.count(step) && b.count(step)) << "step " << step << " missing";
+    const double la = a[step]["loss"].get<double>(), lb = b[step]["loss"].get<double>();
+    EXPECT_LE(std::abs(la - lb), rel * std::abs(la)) << "step " << step << ": " << la << " vs " << lb;
+  }
+}
+
+void expect_same_weights(const std::string& a_dir, const std::string& b_dir, double rel) {
+  auto a = load_full_tensors(find_latest_checkpoint(a_dir)), b = load_full_tensors(find_latest_checkpoint(b_dir));
+  ASSERT_EQ(a.size(), b.size());
+  ASSERT_FALSE(a.empty());
+  for (const auto& [name, t] : a) {
+    ASSERT_TRUE(b.count(name)) << name;
+    ASSERT_EQ(t.sizes(), b[name].sizes()) << name;
+    EXPECT_LE(relative_error(b[name], t), rel) << name;
+  }
 }
 
 }  // namespace minipretrain::test

@@ -52,7 +52,21 @@ std::vector<std::string> tiny_args(const std::string& output_dir, int max_steps)
 // Runs fn(rank, communicator) on `world` threads joined into one Gloo group.
 void with_gloo_group(int world, const std::function<void(int, Communicator&)>& fn);
 
-// Largest |a - b| / max(|b|, floor) over the elements.
-double max_relative_error(const torch::Tensor& a, const torch::Tensor& b, double floor = 1e-3);
+// ||a - b|| / ||b||: fp32 sums in another order differ by ~1e-7 of the
+// tensor's scale, which an element-wise ratio on near-zero entries inflates.
+double relative_error(const torch::Tensor& a, const torch::Tensor& b);
+
+}  // namespace minipretrain::test
+
+namespace minipretrain::test {
+
+// Every rank of `results` exited 0; otherwise fails with their output.
+void expect_all_succeeded(const std::vector<ProcessResult>& results);
+
+// Per-step losses of two runs agree within `rel` for steps 1..steps.
+void expect_same_losses(const std::string& a_dir, const std::string& b_dir, int64_t steps, double rel);
+
+// The final checkpoints of two runs hold the same full tensors within `rel`.
+void expect_same_weights(const std::string& a_dir, const std::string& b_dir, double rel);
 
 }  // namespace minipretrain::test

@@ -24,7 +24,9 @@ std::optional<CommandLine> parse_command_line(int argc, const char* const* argv)
   for (const Field& f : fields) {
     const nlohmann::json value = f.get();
     const std::string shown = value.is_null() ? "" : (value.is_string() ? value.get<std::string>() : value.dump());
-    app.add_option(f.flag(), given[f.key], f.help + (shown.empty() ? "" : " [default: " + shown + "]"));
+    // The last occurrence wins, so a launcher's flags can be overridden after it.
+    app.add_option(f.flag(), given[f.key], f.help + (shown.empty() ? "" : " [default: " + shown + "]"))
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   }
 
   try {

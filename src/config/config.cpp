@@ -117,6 +117,7 @@ void Config::resolve(int64_t world_size) {
   require_positive("num_train_samples", data.num_train_samples);
   require_positive("log_interval", log.log_interval);
   require_positive("save_interval", log.save_interval);
+  require(log.exit_interval >= 0, "exit_interval must not be negative, got " + std::to_string(log.exit_interval));
   validate_layout(*this, world_size);
   data_parallel_size = world_size / (parallel.tensor_parallel_size * parallel.pipeline_parallel_size);
   resolve_batch(*this);

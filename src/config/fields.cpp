@@ -130,6 +130,8 @@ std::vector<Field> config_fields(Config& c) {
       field_for("output_dir", "checkpoints and metrics.jsonl go here", c.log.output_dir),
       field_for("log_interval", "steps between log lines", c.log.log_interval),
       field_for("save_interval", "steps between checkpoints", c.log.save_interval),
+      field_for("exit_interval", "save a checkpoint and exit after a step divisible by this (0: never)",
+                c.log.exit_interval),
   };
 }
 

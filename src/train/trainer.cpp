@@ -107,10 +107,15 @@ void Trainer::run() {
       interval_seconds = 0;
       interval_steps = 0;
     }
-    if (step % config_.log.save_interval == 0 || step == max_steps) {
+    const bool exiting = config_.log.exit_interval > 0 && step % config_.log.exit_interval == 0;
+    if (step % config_.log.save_interval == 0 || step == max_steps || exiting) {
       const std::string dir = save_checkpoint(config_.log.output_dir, {step, step * config_.global_batch()}, stage_,
                                               *optimizer_, config_, parallel_);
       if (parallel_.is_logging_rank()) spdlog::info("Saved checkpoint {}", dir);
+    }
+    if (exiting && step < max_steps) {
+      if (parallel_.is_logging_rank()) spdlog::info("Exiting after step {} (--exit-interval)", step);
+      return;
     }
   }
 }

@@ -69,6 +69,7 @@ struct LogConfig {
   std::string output_dir = "./checkpoints";
   int64_t log_interval = 10;
   int64_t save_interval = 1000;
+  int64_t exit_interval = 0;  // >0: save and exit after a step divisible by it
 };
 
 struct Config {

@@ -1,0 +1,136 @@
+// The model's pieces against their definitions.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "minipretrain/model/stage.h"
+
+using namespace minipretrain;
+
+namespace {
+
+ModelConfig small_model() {
+  ModelConfig c;
+  c.vocab_size = 50;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  c.num_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.max_seq_length = 12;
+  return c;
+}
+
+Stage make_stage(const ModelConfig& c) {
+  Stage stage(c, StagePosition{}, std::make_shared<SoloCommunicator>("tp"));
+  stage->initialize(7);
+  return stage;
+}
+
+}  // namespace
+
+TEST(RMSNorm, MatchesDefinition) {
+  torch::manual_seed(0);
+  RMSNorm norm(8, 1e-6);
+  norm->weight.data().uniform_(0.5, 1.5);
+  torch::Tensor x = torch::randn({3, 8});
+  torch::Tensor expected = x / torch::sqrt(x.pow(2).mean(-1, true) + 1e-6) * norm->weight;
+  EXPECT_TRUE(torch::allclose(norm(x), expected, 1e-5, 1e-6));
+}
+
+TEST(Rotary, MatchesClosedForm) {
+  const int64_t d = 8, seq = 5;
+  const double theta = 10000.0;
+  RotaryEmbedding rope(d, 16, theta);
+  torch::manual_seed(1);
+  torch::Tensor x = torch::randn({1, 1, seq, d});
+  torch::Tensor y = rope.apply(x);
+  // HF convention: pair (i, i + d/2) rotates by angle pos * theta^(-2i/d).
+  for (int64_t pos = 0; pos < seq; ++pos)
+    for (int64_t i = 0; i < d / 2; ++i) {
+      const double angle = pos * std::pow(theta, -2.0 * i / d);
+      const double a = x[0][0][pos][i].item<double>(), b = x[0][0][pos][i + d / 2].item<double>();
+      EXPECT_NEAR(y[0][0][pos][i].item<double>(), a * std::cos(angle) - b * std::sin(angle), 1e-5);
+      EXPECT_NEAR(y[0][0][pos][i + d / 2].item<double>(), b * std::cos(angle) + a * std::sin(angle), 1e-5);
+    }
+}
+
+TEST(Attention, GqaEqualsMultiHeadWithRepeatedKvHeads) {
+  ModelConfig gqa = small_model();
+  ModelConfig mha = gqa;
+  mha.num_key_value_heads = 4;
+  auto tp = std::make_shared<SoloCommunicator>("tp");
+  Attention a(gqa, tp), b(mha, tp);
+  torch::manual_seed(2);
+  for (auto& p : a->parameters()) p.data().normal_(0, 0.2);
+  torch::NoGradGuard no_grad;
+  b->q_proj->weight.copy_(a->q_proj->weight);
+  b->o_proj->weight.copy_(a->o_proj->weight);
+  // kv head j serves query heads 2j and 2j+1: repeat its rows in that order.
+  const int64_t d = gqa.head_dim();
+  b->k_proj->weight.copy_(a->k_proj->weight.view({2, d, -1}).repeat_interleave(2, 0).reshape({4 * d, -1}));
+  b->v_proj->weight.copy_(a->v_proj->weight.view({2, d, -1}).repeat_interleave(2, 0).reshape({4 * d, -1}));
+  RotaryEmbedding rope(d, 12, 10000.0);
+  torch::Tensor x = torch::randn({2, 7, 32});
+  EXPECT_TRUE(torch::allclose(a(x, rope), b(x, rope), 1e-5, 1e-6));
+}
+
+TEST(Attention, MathPathEqualsReference) {
+  torch::manual_seed(3);
+  torch::Tensor q = torch::randn({1, 2, 5, 4}), k = torch::randn({1, 2, 5, 4}), v = torch::randn({1, 2, 5, 4});
+  torch::Tensor out = causal_attention(q, k, v);
+  for (int64_t t = 0; t < 5; ++t) {
+    torch::Tensor scores = torch::matmul(q.narrow(2, t, 1), k.narrow(2, 0, t + 1).transpose(-2, -1)) / 2.0;
+    torch::Tensor expected = torch::matmul(torch::softmax(scores, -1), v.narrow(2, 0, t + 1));
+    EXPECT_TRUE(torch::allclose(out.narrow(2, t, 1), expected, 1e-5, 1e-6));
+  }
+}
+
+TEST(Model, IsCausal) {
+  Stage stage = make_stage(small_model());
+  torch::NoGradGuard no_grad;
+  torch::Tensor ids = torch::randint(0, 50, {1, 10}, torch::kLong);
+  torch::Tensor changed = ids.clone();
+  changed[0][7] = (ids[0][7].item<int64_t>() + 1) % 50;
+  torch::Tensor a = stage->forward(ids), b = stage->forward(changed);
+  EXPECT_TRUE(torch::allclose(a.narrow(1, 0, 7), b.narrow(1, 0, 7)));
+  EXPECT_FALSE(torch::allclose(a.narrow(1, 7, 1), b.narrow(1, 7, 1)));
+}
+
+TEST(Model, InitializationDependsOnSeedAndNameOnly) {
+  Stage a = make_stage(small_model()), b = make_stage(small_model());
+  auto pa = a->named_parameters(), pb = b->named_parameters();
+  for (const auto& p : pa) EXPECT_TRUE(torch::equal(p.value(), pb[p.key()])) << p.key();
+  EXPECT_FALSE(torch::equal(pa["model.layers.0.mlp.up_proj.weight"], pa["model.layers.1.mlp.up_proj.weight"]));
+  EXPECT_TRUE(torch::equal(pa["model.norm.weight"], torch::ones({32})));
+}
+
+TEST(Model, HuggingFaceNamesAndExactParameterCount) {
+  const ModelConfig c = small_model();
+  Stage stage = make_stage(c);
+  int64_t total = 0;
+  for (const auto& p : stage->parameters()) total += p.numel();
+  EXPECT_EQ(total, count_parameters(c).total());
+  auto names = stage->named_parameters();
+  for (const char* name : {"model.embed_tokens.weight", "model.layers.1.self_attn.q_proj.weight",
+                           "model.layers.1.self_attn.k_proj.weight", "model.layers.0.self_attn.o_proj.weight",
+                           "model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.down_proj.weight",
+                           "model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight",
+                           "model.norm.weight", "lm_head.weight"})
+    EXPECT_TRUE(names.contains(name)) << name;
+  EXPECT_EQ(names["model.layers.0.self_attn.k_proj.weight"].sizes(), torch::IntArrayRef({16, 32}));
+}
+
+TEST(Model, PipelineStagesHoldTheirSliceOfLayers) {
+  ModelConfig c = small_model();
+  c.num_layers = 4;
+  auto tp = std::make_shared<SoloCommunicator>("tp");
+  Stage first(c, StagePosition{0, 2}, tp), last(c, StagePosition{1, 2}, tp);
+  auto f = first->named_parameters(), l = last->named_parameters();
+  EXPECT_TRUE(f.contains("model.embed_tokens.weight"));
+  EXPECT_TRUE(f.contains("model.layers.1.mlp.up_proj.weight"));
+  EXPECT_FALSE(f.contains("lm_head.weight"));
+  EXPECT_TRUE(l.contains("model.layers.2.mlp.up_proj.weight"));
+  EXPECT_TRUE(l.contains("lm_head.weight"));
+  EXPECT_FALSE(l.contains("model.layers.1.mlp.up_proj.weight"));
+}

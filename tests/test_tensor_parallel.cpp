@@ -1,0 +1,88 @@
+// Tensor parallelism across real processes: TP = 2 and 4 start from the TP = 1
+// weights and compute its logits, gradients and losses; each layer
+// communicates exactly Megatron's minimum.
+#include <gtest/gtest.h>
+
+#include "minipretrain/checkpoint/checkpoint.h"
+#include "test_support.h"
+
+using namespace minipretrain;
+using namespace minipretrain::test;
+
+namespace {
+
+constexpr int kSteps = 20;
+constexpr int kLayers = 4;
+
+std::vector<std::string> tp_args(const std::string& out, int tp) {
+  std::vector<std::string> args = tiny_args(out, kSteps);
+  args.insert(args.end(), {"--tensor-parallel-size", std::to_string(tp), "--dump-first-step", out + "/dump"});
+  return args;
+}
+
+std::string baseline() {
+  static const std::string dir = [] {
+    const std::string out = fresh_dir("tp_baseline");
+    expect_all_succeeded(run_ranks(1, tp_args(out, 1)));
+    return out;
+  }();
+  return dir;
+}
+
+}  // namespace
+
+TEST(TensorParallel, TwoAndFourRanksEqualOneProcess) {
+  // vocab 96 divides by 2 and 4; 4 kv heads divide by 4.
+  const auto base_grads = load_full_tensors(baseline() + "/dump", "grads-");
+  const auto base_logits = load_full_tensors(baseline() + "/dump", "logits-").at("logits");
+  for (int tp : {2, 4}) {
+    const std::string out = fresh_dir("tp" + std::to_string(tp));
+    expect_all_succeeded(run_ranks(tp, tp_args(out, tp)));
+    const auto logits = load_full_tensors(out + "/dump", "logits-").at("logits");
+    EXPECT_LT((logits - base_logits).abs().max().item<double>(), 1e-5);
+    const auto grads = load_full_tensors(out + "/dump", "grads-");
+    ASSERT_EQ(grads.size(), base_grads.size());
+    for (const auto& [name, g] : base_grads)
+      EXPECT_LT(relative_error(grads.at(name), g), 1e-5) << name << " at TP " << tp;
+    expect_same_losses(baseline(), out, kSteps, 1e-5);
+    expect_same_weights(baseline(), out, 1e-4);
+  }
+}
+
+TEST(TensorParallel, PaddedVocabularyEqualsOneProcess) {
+  auto with_vocab = [](std::vector<std::string> args) {
+    args.insert(args.end(), {"--vocab-size", "95"});  // padded to 96 over TP 2
+    return args;
+  };
+  const std::string one = fresh_dir("tp_pad1"), two = fresh_dir("tp_pad2");
+  expect_all_succeeded(run_ranks(1, with_vocab(tp_args(one, 1))));
+  expect_all_succeeded(run_ranks(2, with_vocab(tp_args(two, 2))));
+  expect_same_losses(one, two, kSteps, 1e-5);
+  expect_same_weights(one, two, 1e-4);
+  EXPECT_EQ(load_full_tensors(find_latest_checkpoint(two)).at("lm_head.weight").size(0), 95);
+}
+
+TEST(TensorParallel, CommunicatesMegatronsMinimum) {
+  const std::string out = fresh_dir("tp_counts");
+  expect_all_succeeded(run_ranks(2, tp_args(out, 2)));
+  const auto record = read_metrics(out).at(kSteps);
+  const int64_t microbatches = 4, micro = 2, seq = 16, hidden = 64;
+  // Per layer and microbatch: attention and MLP each reduce once forward and
+  // once backward. Per microbatch: the embedding (1), the LM head's input
+  // copy (1 in backward) and the cross-entropy (3). Per step: the grad norm.
+  const int64_t expected_calls = microbatches * (4 * kLayers + 5) + 1;
+  EXPECT_EQ(record["comm"]["tp"]["all_reduce"]["calls"].get<int64_t>(), expected_calls);
+  const int64_t layer_bytes = 4 * kLayers * microbatches * micro * seq * hidden * 4;
+  const int64_t bytes = record["comm"]["tp"]["all_reduce"]["bytes"].get<int64_t>();
+  EXPECT_GE(bytes, layer_bytes);
+  EXPECT_LT(bytes, layer_bytes + microbatches * (micro * seq * hidden * 4 * 2 + micro * seq * 4 * 3) + 64);
+  std::printf("TP=2 all-reduce per step per rank: %lld bytes (layers alone: %lld)\n", static_cast<long long>(bytes),
+              static_cast<long long>(layer_bytes));
+}
+
+TEST(TensorParallel, ComposesWithDataParallel) {
+  const std::string out = fresh_dir("tp2dp2");
+  expect_all_succeeded(run_ranks(4, tp_args(out, 2)));
+  expect_same_losses(baseline(), out, kSteps, 1e-5);
+  expect_same_weights(baseline(), out, 1e-4);
+}
