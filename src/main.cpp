@@ -1,6 +1,7 @@
 // minipretrain: wires the command line to the trainer. Exit codes: 0 done,
 // 2 bad configuration or layout, 1 any other failure (data, checkpoint, a
 // peer process that died).
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <thread>
@@ -72,6 +73,14 @@ void log_banner(const Config& config, const ParallelState& parallel, const Token
   if (data) spdlog::info("Data: {}", data->describe());
 }
 
+// VmHWM: the most resident memory this process has held.
+std::string peak_resident_memory() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("VmHWM:", 0) == 0) return line.substr(line.find_first_not_of(" \t", 6));
+  return "unknown";
+}
+
 // Exceptions from c10d carry a backtrace over many lines: one line is enough.
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
 
@@ -87,6 +96,7 @@ std::string first_line(const std::string& text) { return text.substr(0, text.fin
 }  // namespace
 
 int main(int argc, char** argv) {
+  const auto launched = std::chrono::steady_clock::now();
   try {
     auto command_line = parse_command_line(argc, argv);
     if (!command_line) return 0;
@@ -108,8 +118,13 @@ int main(int argc, char** argv) {
     ParallelState parallel(env, config, device);
     spdlog::info("{}", parallel.describe());
     Trainer trainer(config, parallel, device);
-    if (parallel.is_logging_rank()) log_banner(config, parallel, trainer.dataset(), threads);
+    if (parallel.is_logging_rank()) {
+      log_banner(config, parallel, trainer.dataset(), threads);
+      spdlog::info("Start-up took {:.2f} s",
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - launched).count());
+    }
     trainer.run();
+    spdlog::info("Peak resident memory of rank {}: {}", parallel.rank(), peak_resident_memory());
     if (parallel.is_logging_rank()) spdlog::info("Training finished");
     spdlog::shutdown();
     std::fflush(stdout);

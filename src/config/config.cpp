@@ -67,6 +67,7 @@ void validate_layout(const Config& c, int64_t world_size) {
   require_positive("tensor_parallel_size", p.tensor_parallel_size);
   require_positive("pipeline_parallel_size", p.pipeline_parallel_size);
   require_positive("dist_timeout", p.dist_timeout);
+  require(p.ddp_bucket_mb >= 0, "ddp_bucket_mb must not be negative, got " + std::to_string(p.ddp_bucket_mb));
   require(p.pipeline_schedule == "gpipe" || p.pipeline_schedule == "1f1b",
           "pipeline_schedule must be gpipe or 1f1b, got '" + p.pipeline_schedule + "'");
   const int64_t tp = p.tensor_parallel_size, pp = p.pipeline_parallel_size;

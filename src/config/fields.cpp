@@ -123,6 +123,7 @@ std::vector<Field> config_fields(Config& c) {
       field_for("num_microbatches", "microbatches per step per data-parallel rank", p.num_microbatches),
       field_for("pipeline_schedule", "gpipe or 1f1b", p.pipeline_schedule),
       field_for("dist_timeout", "seconds before a stuck collective fails", p.dist_timeout),
+      field_for("ddp_bucket_mb", "MiB of gradients per data-parallel all-reduce (0: one per tensor)", p.ddp_bucket_mb),
       field_for("master_addr", "rendezvous host (default: MASTER_ADDR)", p.master_addr),
       field_for("master_port", "rendezvous port (default: MASTER_PORT)", p.master_port),
       field_for("data_dir", "packed token directory (default: synthetic Markov data)", c.data.data_dir),

@@ -4,10 +4,10 @@ namespace minipretrain {
 
 GradientBuckets::GradientBuckets(std::vector<torch::Tensor> parameters, int64_t bucket_bytes)
     : parameters_(std::move(parameters)) {
-  int64_t filled = bucket_bytes;  // forces a first bucket
+  int64_t filled = 0;
   for (size_t i = 0; i < parameters_.size(); ++i) {
     const int64_t bytes = parameters_[i].numel() * static_cast<int64_t>(parameters_[i].element_size());
-    if (filled + bytes > bucket_bytes && !(buckets_.size() && buckets_.back().empty())) {
+    if (buckets_.empty() || (filled > 0 && filled + bytes > bucket_bytes)) {
       buckets_.emplace_back();
       filled = 0;
     }

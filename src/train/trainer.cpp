@@ -38,7 +38,7 @@ Trainer::Trainer(Config config, ParallelState& parallel, torch::Device device)
   AdamWOptions options;
   options.weight_decay = config_.train.weight_decay;
   optimizer_ = std::make_unique<AdamW>(named(stage_), options);
-  buckets_ = std::make_unique<GradientBuckets>(stage_->parameters());
+  buckets_ = std::make_unique<GradientBuckets>(stage_->parameters(), config_.parallel.ddp_bucket_mb << 20);
 
   dataset_ = make_dataset(config_);
   sampler_ = std::make_unique<GlobalBatchSampler>(dataset_->num_samples(), config_.global_batch(), config_.train.seed);

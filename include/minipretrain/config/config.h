@@ -56,6 +56,7 @@ struct ParallelConfig {
   std::optional<int64_t> num_microbatches;  // unset: global / (micro x DP)
   std::string pipeline_schedule = "1f1b";
   int64_t dist_timeout = 600;  // seconds
+  int64_t ddp_bucket_mb = 25;  // DP gradient all-reduce bucket size; 0: one per tensor
   std::string master_addr;     // empty: MASTER_ADDR from the environment
   int64_t master_port = 0;     // 0: MASTER_PORT from the environment
 };

@@ -14,9 +14,8 @@ namespace minipretrain {
 
 class GradientBuckets {
  public:
-  static constexpr int64_t kDefaultBucketBytes = 25 * 1024 * 1024;
-
-  GradientBuckets(std::vector<torch::Tensor> parameters, int64_t bucket_bytes = kDefaultBucketBytes);
+  // bucket_bytes 0: one all-reduce per tensor.
+  GradientBuckets(std::vector<torch::Tensor> parameters, int64_t bucket_bytes);
 
   // Averages every parameter's gradient over `dp`; nothing moves for DP = 1.
   void all_reduce_mean(Communicator& dp);
