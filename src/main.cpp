@@ -102,11 +102,16 @@ int main(int argc, char** argv) {
     if (!command_line) return 0;
     Config config = command_line->config;
     const LaunchEnv env = detect_launch_env();
-    config.resolve(env.world_size);
     if (command_line->print_config) {
+      // Outside a launcher, show the smallest job of this layout (DP = 1).
+      const int64_t world = env.launcher == "none" ? config.parallel.tensor_parallel_size *
+                                                         config.parallel.pipeline_parallel_size
+                                                   : env.world_size;
+      config.resolve(world);
       print_config(config);
       return 0;
     }
+    config.resolve(env.world_size);
     spdlog::set_pattern(env.world_size > 1 ? "[%H:%M:%S] [rank " + std::to_string(env.rank) + "] %^%l%$ %v"
                                            : "[%H:%M:%S] %^%l%$ %v");
     if (const char* level = std::getenv("MINIPRETRAIN_LOG_LEVEL")) spdlog::set_level(spdlog::level::from_str(level));

@@ -11,6 +11,12 @@
 #include "minipretrain/parallel/shard.h"
 #include "test_support.h"
 
+#ifdef MINIPRETRAIN_WITH_NCCL
+#include <torch/csrc/distributed/c10d/HashStore.hpp>
+
+#include "minipretrain/distributed/nccl_communicator.h"
+#endif
+
 using namespace minipretrain;
 using test::with_gloo_group;
 
@@ -174,4 +180,19 @@ TEST(Shards, TakeAndJoinWithPadding) {
   }
   EXPECT_TRUE(torch::equal(shards[3].second[1], torch::zeros({2})));  // the padding row
   EXPECT_TRUE(torch::equal(join_shards(shards), full));
+}
+
+TEST(Nccl, CreatingItWithoutAGpuIsAClearError) {
+#ifdef MINIPRETRAIN_WITH_NCCL
+  if (torch::cuda::is_available()) GTEST_SKIP() << "a GPU is present";
+  auto store = c10::make_intrusive<c10d::HashStore>();
+  try {
+    NcclCommunicator comm("nccl", store, 0, 1, 0, std::chrono::seconds(5));
+    FAIL() << "created an NCCL communicator without a GPU";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("NCCL communicator: "), std::string::npos) << e.what();
+  }
+#else
+  GTEST_SKIP() << "built without NCCL (no CUDA toolkit with NCCL found)";
+#endif
 }

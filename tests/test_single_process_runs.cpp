@@ -72,7 +72,7 @@ TEST(Run, InterruptedSaveLeavesThePreviousCheckpoint) {
   // What a save killed half-way leaves behind: a .tmp directory, never a
   // checkpoint-N without its meta.json.
   fs::create_directories(out + "/checkpoint-00000009.tmp");
-  std::ofstream(out + "/checkpoint-00000009.tmp/shard-tp0-pp0.pt") << "partial";
+  std::ofstream(out + "/checkpoint-00000009.tmp/shard-tp0-pp0.safetensors") << "partial";
   EXPECT_EQ(find_latest_checkpoint(out), out + "/checkpoint-00000004");
   args = tiny_args(out, 6);
   args.insert(args.end(), {"--resume", "auto"});
@@ -93,8 +93,8 @@ TEST(Run, CorruptOrIncompatibleCheckpointIsRefused) {
   EXPECT_NE(r.output.find("has hidden_size=64 but this run has 32"), std::string::npos) << r.output;
 
   {  // flip one byte in the middle of the shard
-    std::fstream f(ckpt + "/shard-tp0-pp0.pt", std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(static_cast<std::streamoff>(fs::file_size(ckpt + "/shard-tp0-pp0.pt") / 2));
+    std::fstream f(ckpt + "/shard-tp0-pp0.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(fs::file_size(ckpt + "/shard-tp0-pp0.safetensors") / 2));
     f.put('\x5a');
   }
   std::vector<std::string> args = tiny_args(out, 4);

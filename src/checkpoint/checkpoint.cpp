@@ -1,11 +1,11 @@
 #include "minipretrain/checkpoint/checkpoint.h"
+#include "minipretrain/checkpoint/safetensors.h"
 
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <regex>
 
-#include <torch/csrc/jit/serialization/pickle.h>
 
 namespace minipretrain {
 namespace fs = std::filesystem;
@@ -13,15 +13,6 @@ namespace {
 
 constexpr const char* kModelPrefix = "model/";
 constexpr const char* kOptimPrefix = "optim/";
-
-uint64_t fnv1a(const std::vector<char>& bytes) {
-  uint64_t h = 1469598103934665603ULL;
-  for (char c : bytes) {
-    h ^= static_cast<unsigned char>(c);
-    h *= 1099511628211ULL;
-  }
-  return h;
-}
 
 std::string step_dir_name(int64_t step) {
   char name[32];
@@ -31,19 +22,6 @@ std::string step_dir_name(int64_t step) {
 
 std::string shard_name(const Coordinates& c) {
   return "shard-tp" + std::to_string(c.tp) + "-pp" + std::to_string(c.pp);
-}
-
-void write_file(const fs::path& path, const std::vector<char>& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  out.flush();
-  if (!out) throw std::runtime_error("cannot write " + path.string());
-}
-
-std::vector<char> read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw CheckpointError("cannot read " + path.string());
-  return std::vector<char>(std::istreambuf_iterator<char>(in), {});
 }
 
 nlohmann::json read_json(const fs::path& path) {
@@ -71,31 +49,28 @@ void check_compatible(const nlohmann::json& saved, const Config& config, const s
 
 void write_named_shard(const std::string& path_prefix, const std::map<std::string, torch::Tensor>& tensors,
                        const std::map<std::string, ShardSpec>& specs) {
-  c10::Dict<std::string, torch::Tensor> dict;
-  for (const auto& [name, t] : tensors) dict.insert(name, t.detach().cpu().contiguous());
-  const std::vector<char> bytes = torch::pickle_save(dict);
-  nlohmann::json index = {{"bytes", bytes.size()}, {"fnv1a", fnv1a(bytes)}, {"specs", nlohmann::json::object()}};
+  std::vector<std::pair<std::string, torch::Tensor>> ordered(tensors.begin(), tensors.end());
+  const auto [bytes, hash] = write_safetensors(path_prefix + ".safetensors", ordered);
+  nlohmann::json index = {{"bytes", bytes}, {"fnv1a", hash}, {"specs", nlohmann::json::object()}};
   for (const auto& [name, spec] : specs) index["specs"][name] = to_json(spec);
-  write_file(path_prefix + ".pt", bytes);
   std::ofstream(path_prefix + ".json") << index.dump() << "\n";
 }
 
 std::map<std::string, torch::Tensor> read_named_shard(const std::string& path_prefix,
                                                       std::map<std::string, ShardSpec>* specs) {
   const nlohmann::json index = read_json(path_prefix + ".json");
-  const std::vector<char> bytes = read_file(path_prefix + ".pt");
-  if (bytes.size() != index.value("bytes", size_t{0}) || fnv1a(bytes) != index.value("fnv1a", uint64_t{0}))
-    throw CheckpointError(path_prefix + ".pt is corrupt: its size or hash does not match " + path_prefix + ".json");
-  std::map<std::string, torch::Tensor> out;
+  SafetensorsFile file;
   try {
-    for (const auto& entry : torch::pickle_load(bytes).toGenericDict())
-      out[entry.key().toStringRef()] = entry.value().toTensor();
-  } catch (const c10::Error& e) {
-    throw CheckpointError(path_prefix + ".pt cannot be read: " + e.what_without_backtrace());
+    file = read_safetensors(path_prefix + ".safetensors");
+  } catch (const SafetensorsError& e) {
+    throw CheckpointError(e.what());
   }
+  if (file.bytes != index.value("bytes", uint64_t{0}) || file.fnv1a != index.value("fnv1a", uint64_t{0}))
+    throw CheckpointError(path_prefix + ".safetensors is corrupt: its size or hash does not match " + path_prefix +
+                          ".json");
   if (specs)
     for (const auto& [name, spec] : index.at("specs").items()) (*specs)[name] = shard_spec_from_json(spec);
-  return out;
+  return file.tensors;
 }
 
 std::string save_checkpoint(const std::string& output_dir, const TrainingProgress& progress, Stage& stage,
@@ -184,7 +159,7 @@ std::map<std::string, torch::Tensor> load_full_tensors(const std::string& dir, c
   std::map<std::string, std::vector<std::pair<ShardSpec, torch::Tensor>>> pieces;
   for (const auto& entry : fs::directory_iterator(dir)) {
     const std::string name = entry.path().filename().string();
-    if (name.rfind(file_prefix, 0) != 0 || entry.path().extension() != ".pt") continue;
+    if (name.rfind(file_prefix, 0) != 0 || entry.path().extension() != ".safetensors") continue;
     std::map<std::string, ShardSpec> specs;
     const std::string prefix = (entry.path().parent_path() / entry.path().stem()).string();
     for (auto& [key, tensor] : read_named_shard(prefix, &specs)) {

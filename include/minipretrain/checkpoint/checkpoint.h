@@ -1,8 +1,8 @@
 // Checkpoints: OUTPUT/checkpoint-00000100/ holds
 //   meta.json               step, consumed samples, the resolved config, the layout
-//   shard-tp0-pp0.pt        one per (TP, PP) position: that rank's parameters and
-//                           AdamW state as a pickled dict of named tensors
-//   shard-tp0-pp0.json      each tensor's ShardSpec, the .pt size and FNV-1a hash
+//   shard-tp0-pp0.safetensors  one per (TP, PP) position: that rank's parameters
+//                           ("model/<name>") and AdamW state ("optim/<name>")
+//   shard-tp0-pp0.json      each tensor's ShardSpec, the file's size and FNV-1a hash
 // DP replicas hold equal state, so only DP rank 0 writes. Everything is written
 // under checkpoint-...tmp and renamed once every shard is on disk: a crash
 // during a save leaves the previous checkpoint as it was.
@@ -49,7 +49,7 @@ void write_named_shard(const std::string& path_prefix, const std::map<std::strin
 std::map<std::string, torch::Tensor> read_named_shard(const std::string& path_prefix,
                                                       std::map<std::string, ShardSpec>* specs = nullptr);
 
-// Joins every FILE_PREFIX*.pt under `dir` into full tensors by name (padding
+// Joins every FILE_PREFIX*.safetensors under `dir` into full tensors by name (padding
 // dropped), for any layout. Optimizer state is skipped.
 std::map<std::string, torch::Tensor> load_full_tensors(const std::string& dir,
                                                        const std::string& file_prefix = "shard-");
