@@ -46,3 +46,22 @@ TEST(PipelineParallel, DataTensorAndPipelineTogether) {
   expect_same_losses(base, out, kSteps, 1e-5);
   expect_same_weights(base, out, 1e-4);
 }
+
+TEST(PipelineParallel, EveryShardSavesAndResumes) {
+  // TP 2 x PP 2: stopped after step 5 and resumed = the uninterrupted run.
+  auto args = [](const std::string& out) {
+    std::vector<std::string> a = tiny_args(out, kSteps);
+    a.insert(a.end(), {"--tensor-parallel-size", "2", "--pipeline-parallel-size", "2"});
+    return a;
+  };
+  const std::string full = fresh_dir("pp_resume_full"), parts = fresh_dir("pp_resume_parts");
+  expect_all_succeeded(run_ranks(4, args(full)));
+  std::vector<std::string> first = args(parts);
+  first.insert(first.end(), {"--exit-interval", "5"});
+  expect_all_succeeded(run_ranks(4, first));
+  std::vector<std::string> second = args(parts);
+  second.insert(second.end(), {"--resume", "auto"});
+  expect_all_succeeded(run_ranks(4, second));
+  expect_same_losses(full, parts, kSteps, 0.0);
+  expect_same_weights(full, parts, 0.0);
+}
