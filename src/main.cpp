@@ -3,12 +3,14 @@
 // peer process that died).
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 
 #include "minipretrain/checkpoint/checkpoint.h"
+#include "minipretrain/checkpoint/hf_export.h"
 #include "minipretrain/config/cli.h"
 #include "minipretrain/distributed/launch_env.h"
 #include "minipretrain/distributed/parallel_state.h"
@@ -81,6 +83,20 @@ std::string peak_resident_memory() {
   return "unknown";
 }
 
+// A checkpoint directory, or an output directory standing for its newest one.
+std::string checkpoint_dir(const std::string& path) {
+  if (std::filesystem::exists(std::filesystem::path(path) / "meta.json")) return path;
+  const std::string latest = find_latest_checkpoint(path);
+  if (latest.empty()) throw ConfigError("no checkpoint at or under '" + path + "'");
+  return latest;
+}
+
+void run_export(const ExportCommand& c) {
+  const std::string dir = checkpoint_dir(c.checkpoint);
+  export_hugging_face(dir, c.output, c.tokenizer);
+  std::printf("exported %s to %s\n", dir.c_str(), c.output.c_str());
+}
+
 // Exceptions from c10d carry a backtrace over many lines: one line is enough.
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
 
@@ -100,6 +116,11 @@ int main(int argc, char** argv) {
   try {
     auto command_line = parse_command_line(argc, argv);
     if (!command_line) return 0;
+    const std::string& command = command_line->command;
+    if (command != "train") {
+      if (command == "export") run_export(command_line->export_model);
+      return 0;
+    }
     Config config = command_line->config;
     const LaunchEnv env = detect_launch_env();
     if (command_line->print_config) {

@@ -133,12 +133,12 @@ int free_port() {
   return ntohs(addr.sin_port);
 }
 
-std::map<int64_t, nlohmann::json> read_metrics(const std::string& output_dir) {
+std::map<int64_t, nlohmann::json> read_metrics(const std::string& output_dir, const std::string& key) {
   std::map<int64_t, nlohmann::json> out;
   std::ifstream in(fs::path(output_dir) / "metrics.jsonl");
   for (std::string line; std::getline(in, line);) {
     auto record = nlohmann::json::parse(line);
-    out[record.at("step").get<int64_t>()] = record;
+    if (record.contains(key)) out[record.at("step").get<int64_t>()] = record;
   }
   return out;
 }

@@ -43,8 +43,9 @@ std::string binary();
 std::string fresh_dir(const std::string& name);  // empty, under the build's temp
 int free_port();
 
-// step -> record, from OUTPUT/metrics.jsonl.
-std::map<int64_t, nlohmann::json> read_metrics(const std::string& output_dir);
+// step -> record, from OUTPUT/metrics.jsonl: the records that have `key`
+// ("loss" for training steps, "val_loss" for validation runs).
+std::map<int64_t, nlohmann::json> read_metrics(const std::string& output_dir, const std::string& key = "loss");
 
 // The small GQA model every run test uses, as command-line flags.
 std::vector<std::string> tiny_args(const std::string& output_dir, int max_steps);

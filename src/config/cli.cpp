@@ -9,6 +9,17 @@
 
 namespace minipretrain {
 
+namespace {
+
+void add_export(CLI::App& app, ExportCommand& c) {
+  CLI::App* sub = app.add_subcommand("export", "checkpoint of any layout -> Hugging Face LlamaForCausalLM directory");
+  sub->add_option("--checkpoint", c.checkpoint, "checkpoint directory, or an output dir for its newest")->required();
+  sub->add_option("--output", c.output, "directory to write")->required();
+  sub->add_option("--tokenizer", c.tokenizer, "SentencePiece .model to copy beside the weights");
+}
+
+}  // namespace
+
 std::optional<CommandLine> parse_command_line(int argc, const char* const* argv) {
   CLI::App app{"minipretrain: pretrain a Llama-style model with data, tensor and pipeline parallelism", "minipretrain"};
   std::string config_path;
@@ -21,13 +32,21 @@ std::optional<CommandLine> parse_command_line(int argc, const char* const* argv)
   Config defaults;
   std::vector<Field> fields = config_fields(defaults);
   std::map<std::string, std::string> given;
+  std::map<std::string, std::vector<std::string>> given_lists;
   for (const Field& f : fields) {
+    if (f.list) {
+      app.add_option(f.flag(), given_lists[f.key], f.help)->expected(1, -1);
+      continue;
+    }
     const nlohmann::json value = f.get();
     const std::string shown = value.is_null() ? "" : (value.is_string() ? value.get<std::string>() : value.dump());
     // The last occurrence wins, so a launcher's flags can be overridden after it.
     app.add_option(f.flag(), given[f.key], f.help + (shown.empty() ? "" : " [default: " + shown + "]"))
         ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   }
+
+  add_export(app, result.export_model);
+  app.require_subcommand(0, 1);
 
   try {
     app.parse(argc, argv);
@@ -38,10 +57,14 @@ std::optional<CommandLine> parse_command_line(int argc, const char* const* argv)
     throw ConfigError(e.what());
   }
 
+  for (const CLI::App* sub : app.get_subcommands()) result.command = sub->get_name();
   result.config = config_path.empty() ? Config{} : load_config_file(config_path);
   std::vector<Field> targets = config_fields(result.config);
   for (Field& f : targets)
-    if (app.count(f.flag()) > 0) f.parse(given[f.key]);
+    if (app.count(f.flag()) > 0) {
+      if (f.list) f.set(nlohmann::json(given_lists[f.key]));
+      else f.parse(given[f.key]);
+    }
   return result;
 }
 

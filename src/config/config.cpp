@@ -116,6 +116,10 @@ void Config::resolve(int64_t world_size) {
   validate_model(model);
   validate_train(train);
   require_positive("num_train_samples", data.num_train_samples);
+  require_positive("eval_interval", data.eval_interval);
+  require_positive("eval_iters", data.eval_iters);
+  parse_split(data.split);
+  require(data.data_path.empty() || data.data_dir.empty(), "data_path and data_dir cannot both be given");
   require_positive("log_interval", log.log_interval);
   require_positive("save_interval", log.save_interval);
   require(log.exit_interval >= 0, "exit_interval must not be negative, got " + std::to_string(log.exit_interval));
@@ -157,6 +161,16 @@ Config load_config_file(const std::string& path) {
   Config config;
   apply_json(config, json, path);
   return config;
+}
+
+std::pair<double, double> parse_split(const std::string& split) {
+  double train = -1, valid = -1;
+  char comma = 0, extra = 0;
+  std::istringstream in(split);
+  in >> train >> comma >> valid;
+  const bool ok = in && comma == ',' && !(in >> extra) && train > 0 && valid >= 0;
+  if (!ok) throw ConfigError("split must be 'train,valid' shares such as 98,2, got '" + split + "'");
+  return {train, valid};
 }
 
 int64_t padded_vocab_size(int64_t vocab_size, int64_t tensor_parallel_size) {

@@ -82,6 +82,19 @@ Field field_for(std::string key, std::string help, std::string& member) {
   return f;
 }
 
+Field field_for(std::string key, std::string help, std::vector<std::string>& member) {
+  Field f{key, std::move(help), nullptr, nullptr, nullptr};
+  f.list = true;
+  f.get = [&member] { return json(member); };
+  f.set = [key, &member](const json& v) {
+    const bool strings = v.is_array() && std::all_of(v.begin(), v.end(), [](const json& e) { return e.is_string(); });
+    if (!strings) throw ConfigError(key + " must be a list of strings, got " + type_name(v) + " " + v.dump());
+    member = v.get<std::vector<std::string>>();
+  };
+  f.parse = [&member](const std::string& text) { member = {text}; };
+  return f;
+}
+
 }  // namespace
 
 std::string Field::flag() const {
@@ -126,8 +139,13 @@ std::vector<Field> config_fields(Config& c) {
       field_for("ddp_bucket_mb", "MiB of gradients per data-parallel all-reduce (0: one per tensor)", p.ddp_bucket_mb),
       field_for("master_addr", "rendezvous host (default: MASTER_ADDR)", p.master_addr),
       field_for("master_port", "rendezvous port (default: MASTER_PORT)", p.master_port),
+      field_for("data_path", "Megatron indexed datasets: PREFIX ... or WEIGHT PREFIX ... (blended)", c.data.data_path),
       field_for("data_dir", "packed token directory (default: synthetic Markov data)", c.data.data_dir),
       field_for("num_train_samples", "samples in the synthetic corpus", c.data.num_train_samples),
+      field_for("valid_data_path", "validation indexed datasets (instead of --split)", c.data.valid_data_path),
+      field_for("split", "train,valid shares of the training data, e.g. 98,2", c.data.split),
+      field_for("eval_interval", "steps between validation runs (and one at the end)", c.data.eval_interval),
+      field_for("eval_iters", "global batches per validation run", c.data.eval_iters),
       field_for("output_dir", "checkpoints and metrics.jsonl go here", c.log.output_dir),
       field_for("log_interval", "steps between log lines", c.log.log_interval),
       field_for("save_interval", "steps between checkpoints", c.log.save_interval),

@@ -1,14 +1,10 @@
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <random>
 
 #include "minipretrain/data/dataset.h"
+#include "minipretrain/data/indexed_dataset.h"
 
 namespace minipretrain {
 namespace {
@@ -94,29 +90,19 @@ PackedDataset::PackedDataset(const std::string& dir, int64_t model_vocab_size, i
                       " tokens are fewer than one sample of max_seq_length + 1 = " + std::to_string(seq_length + 1));
   num_samples_ = (num_tokens_ - 1) / seq_length;
 
-  const int fd = ::open(bin_path.c_str(), O_RDONLY);
-  if (fd < 0) throw ConfigError("data_dir '" + dir + "': cannot open " + bin_path.string());
-  mapped_bytes_ = bytes;
-  mapping_ = ::mmap(nullptr, mapped_bytes_, PROT_READ, MAP_SHARED, fd, 0);
-  ::close(fd);
-  if (mapping_ == MAP_FAILED) throw ConfigError("data_dir '" + dir + "': cannot map " + bin_path.string());
-
+  tokens_ = std::make_unique<MappedFile>(bin_path.string());
   int64_t max_id = 0;
   for (int64_t i = 0; i < num_tokens_; ++i)
-    max_id = std::max<int64_t>(max_id, item_size_ == 2 ? static_cast<const uint16_t*>(mapping_)[i]
-                                                       : static_cast<const uint32_t*>(mapping_)[i]);
+    max_id = std::max<int64_t>(max_id, item_size_ == 2 ? reinterpret_cast<const uint16_t*>(tokens_->data())[i]
+                                                       : reinterpret_cast<const uint32_t*>(tokens_->data())[i]);
   if (max_id >= model_vocab_size)
     throw ConfigError("data_dir '" + dir + "': token id " + std::to_string(max_id) + " is not below vocab_size " +
                       std::to_string(model_vocab_size));
 }
 
-PackedDataset::~PackedDataset() {
-  if (mapping_ && mapping_ != MAP_FAILED) ::munmap(mapping_, mapped_bytes_);
-}
-
 torch::Tensor PackedDataset::sample(int64_t index) const {
-  if (item_size_ == 2) return window(static_cast<const uint16_t*>(mapping_), index, seq_length_);
-  return window(static_cast<const uint32_t*>(mapping_), index, seq_length_);
+  if (item_size_ == 2) return window(reinterpret_cast<const uint16_t*>(tokens_->data()), index, seq_length_);
+  return window(reinterpret_cast<const uint32_t*>(tokens_->data()), index, seq_length_);
 }
 
 std::string PackedDataset::describe() const {
@@ -142,11 +128,37 @@ void PackedDataset::write(const std::string& dir, const std::vector<int64_t>& to
   std::ofstream(std::filesystem::path(dir) / "metadata.json") << meta.dump(2) << "\n";
 }
 
-std::unique_ptr<TokenDataset> make_dataset(const Config& c) {
-  if (c.data.data_dir.empty())
-    return std::make_unique<MarkovDataset>(c.model.vocab_size, c.model.max_seq_length, c.data.num_train_samples,
-                                           c.train.seed);
-  return std::make_unique<PackedDataset>(c.data.data_dir, c.model.vocab_size, c.model.max_seq_length);
+SubsetDataset::SubsetDataset(std::shared_ptr<const TokenDataset> base, int64_t begin, int64_t end)
+    : base_(std::move(base)), begin_(begin), end_(end) {}
+
+std::string SubsetDataset::describe() const {
+  return base_->describe() + " (samples " + std::to_string(begin_) + " to " + std::to_string(end_) + ")";
+}
+
+namespace {
+
+std::shared_ptr<const TokenDataset> make_base(const Config& c) {
+  const int64_t vocab = c.model.vocab_size, seq = c.model.max_seq_length;
+  if (!c.data.data_path.empty())
+    return std::make_shared<IndexedTokenDataset>(parse_data_path(c.data.data_path), vocab, seq);
+  if (!c.data.data_dir.empty()) return std::make_shared<PackedDataset>(c.data.data_dir, vocab, seq);
+  return std::make_shared<MarkovDataset>(vocab, seq, c.data.num_train_samples, c.train.seed);
+}
+
+}  // namespace
+
+Datasets make_datasets(const Config& c) {
+  auto base = make_base(c);
+  if (!c.data.valid_data_path.empty())
+    return {base, std::make_shared<IndexedTokenDataset>(parse_data_path(c.data.valid_data_path), c.model.vocab_size,
+                                                        c.model.max_seq_length)};
+  const auto [train_share, valid_share] = parse_split(c.data.split);
+  if (valid_share == 0) return {base, nullptr};
+  const int64_t n = base->num_samples();
+  const int64_t cut = static_cast<int64_t>(static_cast<double>(n) * train_share / (train_share + valid_share));
+  if (cut == 0 || cut == n)
+    throw ConfigError("split " + c.data.split + " leaves an empty part of " + std::to_string(n) + " samples");
+  return {std::make_shared<SubsetDataset>(base, 0, cut), std::make_shared<SubsetDataset>(base, cut, n)};
 }
 
 GlobalBatchSampler::GlobalBatchSampler(int64_t num_samples, int64_t global_batch, int64_t seed)

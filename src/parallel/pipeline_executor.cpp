@@ -35,6 +35,15 @@ StepResult PipelineExecutor::run(const std::vector<Action>& actions, const std::
   return result;
 }
 
+StepResult PipelineExecutor::evaluate(const std::vector<Microbatch>& microbatches) {
+  torch::NoGradGuard no_grad;
+  std::vector<Action> forwards;
+  for (int64_t m = 0; m < static_cast<int64_t>(microbatches.size()); ++m) forwards.push_back({Action::Forward, m});
+  StepResult result = run(forwards, microbatches);
+  in_flight_.clear();
+  return result;
+}
+
 void PipelineExecutor::forward(int64_t m, const std::vector<Microbatch>& microbatches, StepResult& result) {
   const StagePosition& pos = stage_->position();
   const auto& parameters = stage_->parameters();

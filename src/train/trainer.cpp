@@ -40,8 +40,8 @@ Trainer::Trainer(Config config, ParallelState& parallel, torch::Device device)
   optimizer_ = std::make_unique<AdamW>(named(stage_), options);
   buckets_ = std::make_unique<GradientBuckets>(stage_->parameters(), config_.parallel.ddp_bucket_mb << 20);
 
-  dataset_ = make_dataset(config_);
-  sampler_ = std::make_unique<GlobalBatchSampler>(dataset_->num_samples(), config_.global_batch(), config_.train.seed);
+  data_ = make_datasets(config_);
+  sampler_ = std::make_unique<GlobalBatchSampler>(data_.train->num_samples(), config_.global_batch(), config_.train.seed);
 
   actions_ = make_schedule(config_.parallel.pipeline_schedule, layout.pp, parallel_.coords().pp, config_.microbatches());
   executor_ = std::make_unique<PipelineExecutor>(
@@ -53,9 +53,9 @@ Trainer::Trainer(Config config, ParallelState& parallel, torch::Device device)
     };
 }
 
-std::vector<Microbatch> Trainer::microbatches(int64_t step) const {
+std::vector<Microbatch> Trainer::microbatches(const TokenDataset& data, const std::vector<int64_t>& indices) const {
   const int64_t rows_per_rank = config_.global_batch() / parallel_.layout().dp;
-  torch::Tensor batch = gather_samples(*dataset_, sampler_->indices(step));
+  torch::Tensor batch = gather_samples(data, indices);
   torch::Tensor local = batch.narrow(0, parallel_.coords().dp * rows_per_rank, rows_per_rank);
   const int64_t micro = config_.train.micro_batch_size, seq = config_.model.max_seq_length;
   std::vector<Microbatch> out;
@@ -69,7 +69,7 @@ std::vector<Microbatch> Trainer::microbatches(int64_t step) const {
 Trainer::StepStats Trainer::train_step(int64_t step) {
   const auto start = Clock::now();
   optimizer_->zero_grad();
-  StepResult result = executor_->run(actions_, microbatches(step));
+  StepResult result = executor_->run(actions_, microbatches(*data_.train, sampler_->indices(step)));
   buckets_->all_reduce_mean(parallel_.dp());
   if (step == 1 && !config_.train.dump_first_step.empty()) dump_first_step();
   const double grad_norm = clip_grad_norm(named(stage_), stage_->shard_specs(), config_.train.grad_clip,
@@ -77,13 +77,37 @@ Trainer::StepStats Trainer::train_step(int64_t step) {
   const double lr = schedule_.at(step);
   optimizer_->step(lr);
 
-  // The last stage knows the loss; one tiny all-reduce tells every rank.
-  const bool reports = parallel_.is_last_stage() && parallel_.coords().tp == 0;
-  torch::Tensor loss = torch::tensor({reports ? result.loss / parallel_.layout().dp : 0.0}, torch::kDouble);
-  parallel_.world().all_reduce(loss, ReduceOp::Sum);
+  const double loss = global_loss(result.loss);
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   const double bubble = result.total_seconds > 0 ? 1.0 - result.busy_seconds / result.total_seconds : 0.0;
-  return {loss.item<double>(), grad_norm, lr, seconds, bubble};
+  return {loss, grad_norm, lr, seconds, bubble};
+}
+
+// The last stage knows the loss of its DP rank's rows; one tiny all-reduce
+// over the world gives every rank the mean over the global batch.
+double Trainer::global_loss(double last_stage_loss) {
+  const bool reports = parallel_.is_last_stage() && parallel_.coords().tp == 0;
+  torch::Tensor loss = torch::tensor({reports ? last_stage_loss / parallel_.layout().dp : 0.0}, torch::kDouble);
+  parallel_.world().all_reduce(loss, ReduceOp::Sum);
+  return loss.item<double>();
+}
+
+// The same eval_iters global batches every time: samples k*B .. (k+1)*B-1 of
+// the validation set, wrapping around.
+double Trainer::evaluate(int64_t step) {
+  const int64_t batch = config_.global_batch(), n = data_.valid->num_samples();
+  double total = 0;
+  for (int64_t k = 0; k < config_.data.eval_iters; ++k) {
+    std::vector<int64_t> indices;
+    for (int64_t j = 0; j < batch; ++j) indices.push_back((k * batch + j) % n);
+    total += global_loss(executor_->evaluate(microbatches(*data_.valid, indices)).loss);
+  }
+  const double loss = total / static_cast<double>(config_.data.eval_iters);
+  if (parallel_.is_logging_rank()) {
+    spdlog::info("Validation at step {} | Loss: {:.4f} | PPL: {:.2f}", step, loss, std::exp(loss));
+    metrics_->write({{"step", step}, {"val_loss", loss}, {"val_ppl", std::exp(loss)}});
+  }
+  return loss;
 }
 
 void Trainer::run() {
@@ -107,6 +131,7 @@ void Trainer::run() {
       interval_seconds = 0;
       interval_steps = 0;
     }
+    if (data_.valid && (step % config_.data.eval_interval == 0 || step == max_steps)) evaluate(step);
     const bool exiting = config_.log.exit_interval > 0 && step % config_.log.exit_interval == 0;
     if (step % config_.log.save_interval == 0 || step == max_steps || exiting) {
       const std::string dir = save_checkpoint(config_.log.output_dir, {step, step * config_.global_batch()}, stage_,

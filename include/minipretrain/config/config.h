@@ -7,6 +7,8 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -62,8 +64,13 @@ struct ParallelConfig {
 };
 
 struct DataConfig {
-  std::string data_dir;  // empty: the synthetic Markov corpus
+  std::vector<std::string> data_path;  // Megatron indexed datasets: [weight] prefix ...
+  std::string data_dir;                // our packed format; neither: the synthetic corpus
   int64_t num_train_samples = 10000;
+  std::vector<std::string> valid_data_path;
+  std::string split = "100,0";  // train,valid shares of the training data
+  int64_t eval_interval = 1000;
+  int64_t eval_iters = 10;
 };
 
 struct LogConfig {
@@ -96,6 +103,9 @@ struct Config {
 nlohmann::json to_json(const Config& config);
 void apply_json(Config& config, const nlohmann::json& json, const std::string& origin);
 Config load_config_file(const std::string& path);
+
+// "98,2" -> {98, 2}; throws ConfigError for anything else.
+std::pair<double, double> parse_split(const std::string& split);
 
 // Vocabulary rows padded so that every tensor-parallel rank holds the same
 // number; padded rows never win and never count in the loss.

@@ -18,6 +18,7 @@ struct Field {
   std::function<nlohmann::json()> get;            // null when unset
   std::function<void(const nlohmann::json&)> set;  // throws ConfigError on a wrong type
   std::function<void(const std::string&)> parse;   // from command-line text
+  bool list = false;  // a list of strings: several words after the flag, set() with an array
 
   std::string flag() const;
 };

@@ -11,6 +11,7 @@
 #include <torch/torch.h>
 
 #include "minipretrain/config/config.h"
+#include "minipretrain/data/mapped_file.h"
 
 namespace minipretrain {
 
@@ -59,7 +60,6 @@ class MarkovDataset : public TokenDataset {
 class PackedDataset : public TokenDataset {
  public:
   PackedDataset(const std::string& dir, int64_t model_vocab_size, int64_t seq_length);
-  ~PackedDataset() override;
   int64_t num_samples() const override { return num_samples_; }
   torch::Tensor sample(int64_t index) const override;
   std::string describe() const override;
@@ -70,11 +70,30 @@ class PackedDataset : public TokenDataset {
  private:
   std::string dir_;
   int64_t seq_length_, num_samples_ = 0, num_tokens_ = 0, item_size_ = 2;
-  void* mapping_ = nullptr;
-  size_t mapped_bytes_ = 0;
+  std::unique_ptr<MappedFile> tokens_;
 };
 
-std::unique_ptr<TokenDataset> make_dataset(const Config& config);
+// A contiguous range of another dataset's samples (train / validation split).
+class SubsetDataset : public TokenDataset {
+ public:
+  SubsetDataset(std::shared_ptr<const TokenDataset> base, int64_t begin, int64_t end);
+  int64_t num_samples() const override { return end_ - begin_; }
+  torch::Tensor sample(int64_t index) const override { return base_->sample(begin_ + index); }
+  std::string describe() const override;
+
+ private:
+  std::shared_ptr<const TokenDataset> base_;
+  int64_t begin_, end_;
+};
+
+struct Datasets {
+  std::shared_ptr<const TokenDataset> train;
+  std::shared_ptr<const TokenDataset> valid;  // null: no validation
+};
+
+// --data-path (indexed, blended), else --data-dir (packed), else synthetic;
+// validation from --valid-data-path or the --split of the training data.
+Datasets make_datasets(const Config& config);
 
 // DESIGN.md invariant 3: the global batch of step s (from 1) is a function of
 // (seed, s) only. Sample order is a seeded permutation per epoch, so every

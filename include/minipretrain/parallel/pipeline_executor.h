@@ -38,6 +38,8 @@ class PipelineExecutor {
   // Forwards and backwards every microbatch by `actions`; gradients accumulate
   // in the stage's parameters, each microbatch's loss scaled by 1/M.
   StepResult run(const std::vector<Action>& actions, const std::vector<Microbatch>& microbatches);
+  // Forwards only, without gradients (validation); the loss as in run().
+  StepResult evaluate(const std::vector<Microbatch>& microbatches);
 
   // Called on the last stage with each microbatch's local logits.
   std::function<void(int64_t microbatch, const torch::Tensor& logits_local)> on_logits;

@@ -24,14 +24,17 @@ class Trainer {
  public:
   Trainer(Config config, ParallelState& parallel, torch::Device device);
   void run();
-  const TokenDataset* dataset() const { return dataset_.get(); }
+  const TokenDataset* dataset() const { return data_.train.get(); }
 
  private:
   struct StepStats {
     double loss, grad_norm, lr, seconds, bubble;
   };
   StepStats train_step(int64_t step);
-  std::vector<Microbatch> microbatches(int64_t step) const;
+  // This DP rank's rows of the global batch `indices` of `data`, as microbatches.
+  std::vector<Microbatch> microbatches(const TokenDataset& data, const std::vector<int64_t>& indices) const;
+  double evaluate(int64_t step);
+  double global_loss(double last_stage_loss);
   void resume();
   void log_step(int64_t step, const StepStats& stats, double interval_seconds, int64_t interval_steps);
   void dump_first_step() const;
@@ -43,7 +46,7 @@ class Trainer {
   Stage stage_{nullptr};
   std::unique_ptr<AdamW> optimizer_;
   LRSchedule schedule_;
-  std::unique_ptr<TokenDataset> dataset_;
+  Datasets data_;
   std::unique_ptr<GlobalBatchSampler> sampler_;
   std::unique_ptr<GradientBuckets> buckets_;
   std::unique_ptr<PipelineExecutor> executor_;

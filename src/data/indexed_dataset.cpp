@@ -1,0 +1,238 @@
+#include "minipretrain/data/indexed_dataset.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+namespace minipretrain {
+namespace {
+
+constexpr char kMagic[9] = {'M', 'M', 'I', 'D', 'I', 'D', 'X', '\0', '\0'};
+constexpr uint8_t kUint16 = 8, kInt32 = 4;
+
+int64_t item_size_of(uint8_t code) {
+  switch (code) {
+    case 1: case 2: return 1;
+    case 3: case 8: return 2;
+    case 4: case 7: return 4;
+    case 5: case 6: return 8;
+    default: return 0;
+  }
+}
+
+int64_t token_at(const char* data, uint8_t code, int64_t i) {
+  switch (code) {
+    case 1: return reinterpret_cast<const uint8_t*>(data)[i];
+    case 2: return reinterpret_cast<const int8_t*>(data)[i];
+    case 3: return reinterpret_cast<const int16_t*>(data)[i];
+    case 4: return reinterpret_cast<const int32_t*>(data)[i];
+    case 5: return reinterpret_cast<const int64_t*>(data)[i];
+    case 8: return reinterpret_cast<const uint16_t*>(data)[i];
+    default: throw ConfigError("indexed dataset: token dtype code " + std::to_string(code) + " is not an integer type");
+  }
+}
+
+template <typename T>
+void write_pod(std::ostream& out, const T& value) {
+  out.write(reinterpret_cast<const char*>(&value), sizeof(T));
+}
+
+template <typename T>
+void write_array(std::ostream& out, const std::vector<T>& values) {
+  out.write(reinterpret_cast<const char*>(values.data()), static_cast<std::streamsize>(values.size() * sizeof(T)));
+}
+
+}  // namespace
+
+MappedFile::MappedFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw ConfigError("cannot open " + path);
+  size_ = static_cast<size_t>(::lseek(fd, 0, SEEK_END));
+  if (size_ > 0) data_ = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
+  ::close(fd);
+  if (data_ == MAP_FAILED) throw ConfigError("cannot map " + path);
+}
+
+MappedFile::~MappedFile() {
+  if (data_ && data_ != MAP_FAILED) ::munmap(data_, size_);
+}
+
+IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
+  const std::string idx_path = prefix + ".idx";
+  auto fail = [&](const std::string& why) { throw ConfigError("indexed dataset " + idx_path + ": " + why); };
+  MappedFile idx(idx_path);
+  const char* p = idx.data();
+  constexpr size_t kHeader = 9 + 8 + 1 + 8 + 8;
+  if (idx.size() < kHeader) fail("too short for the header (" + std::to_string(idx.size()) + " bytes)");
+  if (std::memcmp(p, kMagic, 9) != 0) fail("wrong magic (not a Megatron MMIDIDX index)");
+  uint64_t version, sequences, documents;
+  std::memcpy(&version, p + 9, 8);
+  if (version != 1) fail("unsupported version " + std::to_string(version));
+  dtype_code_ = static_cast<uint8_t>(p[17]);
+  item_size_ = item_size_of(dtype_code_);
+  if (item_size_ == 0) fail("unknown dtype code " + std::to_string(dtype_code_));
+  std::memcpy(&sequences, p + 18, 8);
+  std::memcpy(&documents, p + 26, 8);
+  const uint64_t expected = kHeader + sequences * (4 + 8) + documents * 8;
+  if (sequences > idx.size() || documents > idx.size() || idx.size() != expected)
+    fail("size " + std::to_string(idx.size()) + " does not match " + std::to_string(sequences) + " sequences and " +
+         std::to_string(documents) + " document indices (truncated?)");
+  lengths_.resize(sequences);
+  pointers_.resize(sequences);
+  document_indices_.resize(documents);
+  std::memcpy(lengths_.data(), p + kHeader, sequences * 4);
+  std::memcpy(pointers_.data(), p + kHeader + sequences * 4, sequences * 8);
+  std::memcpy(document_indices_.data(), p + kHeader + sequences * 12, documents * 8);
+
+  bin_ = std::make_unique<MappedFile>(prefix + ".bin");
+  int64_t expected_pointer = 0;
+  for (uint64_t i = 0; i < sequences; ++i) {
+    if (lengths_[i] < 0 || pointers_[i] != expected_pointer)
+      fail("sequence " + std::to_string(i) + " has pointer " + std::to_string(pointers_[i]) + ", expected " +
+           std::to_string(expected_pointer));
+    expected_pointer += static_cast<int64_t>(lengths_[i]) * item_size_;
+  }
+  if (static_cast<uint64_t>(expected_pointer) > bin_->size())
+    fail("pointers run past the end of " + prefix + ".bin (" + std::to_string(expected_pointer) + " > " +
+         std::to_string(bin_->size()) + " bytes)");
+  if (document_indices_.empty() || document_indices_.front() != 0 ||
+      document_indices_.back() != static_cast<int64_t>(sequences))
+    fail("document indices must run from 0 to the sequence count");
+  num_tokens_ = expected_pointer / item_size_;
+}
+
+torch::Tensor IndexedDataset::tokens(int64_t begin, int64_t count) const {
+  torch::Tensor out = torch::empty({count}, torch::kLong);
+  int64_t* dst = out.data_ptr<int64_t>();
+  for (int64_t i = 0; i < count; ++i) dst[i] = token_at(bin_->data(), dtype_code_, begin + i);
+  return out;
+}
+
+std::vector<int64_t> IndexedDataset::sequence(int64_t index) const {
+  torch::Tensor t = tokens(pointers_.at(index) / item_size_, lengths_.at(index));
+  return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
+}
+
+IndexedDatasetWriter::IndexedDatasetWriter(const std::string& prefix, int64_t vocab_size)
+    : prefix_(prefix), dtype_code_(vocab_size <= 65536 ? kUint16 : kInt32) {
+  bin_ = std::make_unique<std::ofstream>(prefix + ".bin.tmp", std::ios::binary | std::ios::trunc);
+  if (!*bin_) throw std::runtime_error("cannot write " + prefix + ".bin.tmp");
+}
+
+IndexedDatasetWriter::~IndexedDatasetWriter() {
+  if (finished_) return;
+  bin_.reset();
+  std::filesystem::remove(prefix_ + ".bin.tmp");
+  std::filesystem::remove(prefix_ + ".idx.tmp");
+}
+
+void IndexedDatasetWriter::add_document(const std::vector<int64_t>& tokens) {
+  for (int64_t t : tokens) {
+    if (dtype_code_ == kUint16) write_pod(*bin_, static_cast<uint16_t>(t));
+    else write_pod(*bin_, static_cast<int32_t>(t));
+  }
+  lengths_.push_back(static_cast<int32_t>(tokens.size()));
+  document_indices_.push_back(static_cast<int64_t>(lengths_.size()));
+}
+
+void IndexedDatasetWriter::finish() {
+  bin_->flush();
+  if (!*bin_) throw std::runtime_error("cannot write " + prefix_ + ".bin.tmp (disk full?)");
+  bin_.reset();
+  std::vector<int64_t> pointers(lengths_.size());
+  int64_t offset = 0;
+  for (size_t i = 0; i < lengths_.size(); ++i) {
+    pointers[i] = offset;
+    offset += static_cast<int64_t>(lengths_[i]) * item_size_of(dtype_code_);
+  }
+  {
+    std::ofstream idx(prefix_ + ".idx.tmp", std::ios::binary | std::ios::trunc);
+    idx.write(kMagic, 9);
+    write_pod(idx, uint64_t{1});
+    write_pod(idx, dtype_code_);
+    write_pod(idx, static_cast<uint64_t>(lengths_.size()));
+    write_pod(idx, static_cast<uint64_t>(document_indices_.size()));
+    write_array(idx, lengths_);
+    write_array(idx, pointers);
+    write_array(idx, document_indices_);
+    if (!idx) throw std::runtime_error("cannot write " + prefix_ + ".idx.tmp");
+  }
+  std::filesystem::rename(prefix_ + ".bin.tmp", prefix_ + ".bin");
+  std::filesystem::rename(prefix_ + ".idx.tmp", prefix_ + ".idx");
+  finished_ = true;
+}
+
+IndexedTokenDataset::IndexedTokenDataset(const std::vector<Part>& parts, int64_t vocab_size, int64_t seq_length)
+    : seq_length_(seq_length), vocab_size_(vocab_size) {
+  std::vector<double> weights;
+  for (const Part& part : parts) {
+    auto data = std::make_unique<IndexedDataset>(part.prefix);
+    const int64_t samples = std::max<int64_t>(0, (data->num_tokens() - 1) / seq_length);
+    if (samples == 0)
+      throw ConfigError("data path " + part.prefix + ": " + std::to_string(data->num_tokens()) +
+                        " tokens are fewer than one sample of max_seq_length + 1 = " + std::to_string(seq_length + 1));
+    sources_.push_back({std::move(data), samples});
+    weights.push_back(part.weight);
+  }
+  // Megatron's blending: sample i comes from the source whose count lags its
+  // weighted share the most. Size: every sample of every source once.
+  int64_t total = 0;
+  for (const Source& s : sources_) total += s.num_samples;
+  std::vector<int64_t> taken(sources_.size(), 0);
+  for (int64_t i = 0; i < total; ++i) {
+    size_t best = 0;
+    double best_lag = -1e300;
+    for (size_t s = 0; s < sources_.size(); ++s) {
+      const double lag = weights[s] * static_cast<double>(i + 1) - static_cast<double>(taken[s]);
+      if (lag > best_lag) best_lag = lag, best = s;
+    }
+    blend_.emplace_back(static_cast<int32_t>(best), taken[best]++ % sources_[best].num_samples);
+  }
+}
+
+torch::Tensor IndexedTokenDataset::sample(int64_t index) const {
+  const auto& [source, local] = blend_.at(index);
+  const Source& s = sources_[source];
+  torch::Tensor tokens = s.data->tokens(local * seq_length_, seq_length_ + 1);
+  const int64_t max_id = tokens.max().item<int64_t>();
+  if (max_id >= vocab_size_ || tokens.min().item<int64_t>() < 0)
+    throw ConfigError("data: token id " + std::to_string(max_id) + " in sample " + std::to_string(index) +
+                      " is not below vocab_size " + std::to_string(vocab_size_));
+  return tokens;
+}
+
+std::string IndexedTokenDataset::describe() const {
+  std::string out = "indexed dataset (Megatron format), " + std::to_string(num_samples()) + " samples from";
+  for (const Source& s : sources_) out += " " + std::to_string(s.num_samples);
+  return out;
+}
+
+std::vector<IndexedTokenDataset::Part> parse_data_path(const std::vector<std::string>& words) {
+  std::vector<IndexedTokenDataset::Part> parts;
+  auto is_number = [](const std::string& w) {
+    char* end = nullptr;
+    std::strtod(w.c_str(), &end);
+    return !w.empty() && end == w.c_str() + w.size();
+  };
+  const bool weighted = !words.empty() && is_number(words.front());
+  if (weighted && words.size() % 2 != 0)
+    throw ConfigError("data_path: weights and prefixes must come in pairs, got " + std::to_string(words.size()) + " words");
+  double sum = 0;
+  for (size_t i = 0; i < words.size(); i += weighted ? 2 : 1) {
+    IndexedTokenDataset::Part part;
+    part.prefix = words[weighted ? i + 1 : i];
+    part.weight = weighted ? std::stod(words[i]) : 1.0;
+    if (!(part.weight > 0)) throw ConfigError("data_path: weight " + words[i] + " must be positive");
+    sum += part.weight;
+    parts.push_back(part);
+  }
+  for (auto& part : parts) part.weight /= sum;
+  return parts;
+}
+
+}  // namespace minipretrain
