@@ -26,3 +26,7 @@ if(CUDAToolkit_FOUND)
   endif()
 endif()
 message(STATUS "minipretrain: NCCL communicator ${MINIPRETRAIN_WITH_NCCL}")
+
+# SentencePiece (Debian's libsentencepiece-dev), for minipretrain-text only.
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(SENTENCEPIECE REQUIRED IMPORTED_TARGET sentencepiece)

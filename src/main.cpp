@@ -2,6 +2,8 @@
 // 2 bad configuration or layout, 1 any other failure (data, checkpoint, a
 // peer process that died).
 #include <chrono>
+#include <unistd.h>
+
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -11,6 +13,8 @@
 
 #include "minipretrain/checkpoint/checkpoint.h"
 #include "minipretrain/checkpoint/hf_export.h"
+#include "minipretrain/data/text_tool.h"
+#include "minipretrain/model/generate.h"
 #include "minipretrain/config/cli.h"
 #include "minipretrain/distributed/launch_env.h"
 #include "minipretrain/distributed/parallel_state.h"
@@ -91,9 +95,35 @@ std::string checkpoint_dir(const std::string& path) {
   return latest;
 }
 
+void run_generate(const GenerateCommand& c) {
+  const ExternalTokenizer tokenizer(c.tokenizer);
+  ModelConfig model_config;
+  Stage model = load_for_inference(checkpoint_dir(c.checkpoint), &model_config);
+  // Preprocessing ends every document with EOS, so a document begins after one.
+  std::vector<int64_t> prompt = tokenizer.encode(c.prompt);
+  prompt.insert(prompt.begin(), tokenizer.eos_id());
+  SamplingOptions options;
+  options.max_new_tokens = c.max_new_tokens;
+  options.temperature = c.temperature;
+  options.top_k = c.top_k;
+  options.seed = c.seed;
+  options.stop_token = tokenizer.eos_id();
+  std::vector<int64_t> tokens(prompt.begin() + 1, prompt.end());
+  for (int64_t t : generate(model, model_config, prompt, options))
+    if (t != tokenizer.eos_id()) tokens.push_back(t);
+  std::printf("%s\n", tokenizer.decode(tokens).c_str());
+}
+
 void run_export(const ExportCommand& c) {
   const std::string dir = checkpoint_dir(c.checkpoint);
-  export_hugging_face(dir, c.output, c.tokenizer);
+  HfExportOptions options;
+  options.tokenizer_model = c.tokenizer;
+  if (!c.tokenizer.empty()) {
+    const ExternalTokenizer tokenizer(c.tokenizer);
+    options.bos_token_id = tokenizer.bos_id();
+    options.eos_token_id = tokenizer.eos_id();
+  }
+  export_hugging_face(dir, c.output, options);
   std::printf("exported %s to %s\n", dir.c_str(), c.output.c_str());
 }
 
@@ -113,11 +143,19 @@ std::string first_line(const std::string& text) { return text.substr(0, text.fin
 
 int main(int argc, char** argv) {
   const auto launched = std::chrono::steady_clock::now();
+  // Tokenizer training and preprocessing belong to minipretrain-text.
+  if (argc > 1 && (std::string(argv[1]) == "tokenizer" || std::string(argv[1]) == "preprocess")) {
+    const std::string tool = text_tool_path();
+    argv[0] = const_cast<char*>(tool.c_str());
+    ::execv(tool.c_str(), argv);
+    fail(1, "cannot run " + tool);
+  }
   try {
     auto command_line = parse_command_line(argc, argv);
     if (!command_line) return 0;
     const std::string& command = command_line->command;
     if (command != "train") {
+      if (command == "generate") run_generate(command_line->generate);
       if (command == "export") run_export(command_line->export_model);
       return 0;
     }

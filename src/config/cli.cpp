@@ -11,6 +11,17 @@ namespace minipretrain {
 
 namespace {
 
+void add_generate(CLI::App& app, GenerateCommand& c) {
+  CLI::App* sub = app.add_subcommand("generate", "sample text from a checkpoint");
+  sub->add_option("--checkpoint", c.checkpoint, "checkpoint directory, or an output dir for its newest")->required();
+  sub->add_option("--tokenizer", c.tokenizer, "SentencePiece .model")->required();
+  sub->add_option("--prompt", c.prompt, "text to continue")->required();
+  sub->add_option("--max-new-tokens", c.max_new_tokens, "tokens to sample")->capture_default_str();
+  sub->add_option("--temperature", c.temperature, "0: greedy")->capture_default_str();
+  sub->add_option("--top-k", c.top_k, "sample among the k likeliest (0: all)")->capture_default_str();
+  sub->add_option("--seed", c.seed, "sampling seed")->capture_default_str();
+}
+
 void add_export(CLI::App& app, ExportCommand& c) {
   CLI::App* sub = app.add_subcommand("export", "checkpoint of any layout -> Hugging Face LlamaForCausalLM directory");
   sub->add_option("--checkpoint", c.checkpoint, "checkpoint directory, or an output dir for its newest")->required();
@@ -45,6 +56,7 @@ std::optional<CommandLine> parse_command_line(int argc, const char* const* argv)
         ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   }
 
+  add_generate(app, result.generate);
   add_export(app, result.export_model);
   app.require_subcommand(0, 1);
 

@@ -12,18 +12,6 @@
 namespace minipretrain {
 namespace {
 
-constexpr char kMagic[9] = {'M', 'M', 'I', 'D', 'I', 'D', 'X', '\0', '\0'};
-constexpr uint8_t kUint16 = 8, kInt32 = 4;
-
-int64_t item_size_of(uint8_t code) {
-  switch (code) {
-    case 1: case 2: return 1;
-    case 3: case 8: return 2;
-    case 4: case 7: return 4;
-    case 5: case 6: return 8;
-    default: return 0;
-  }
-}
 
 int64_t token_at(const char* data, uint8_t code, int64_t i) {
   switch (code) {
@@ -35,16 +23,6 @@ int64_t token_at(const char* data, uint8_t code, int64_t i) {
     case 8: return reinterpret_cast<const uint16_t*>(data)[i];
     default: throw ConfigError("indexed dataset: token dtype code " + std::to_string(code) + " is not an integer type");
   }
-}
-
-template <typename T>
-void write_pod(std::ostream& out, const T& value) {
-  out.write(reinterpret_cast<const char*>(&value), sizeof(T));
-}
-
-template <typename T>
-void write_array(std::ostream& out, const std::vector<T>& values) {
-  out.write(reinterpret_cast<const char*>(values.data()), static_cast<std::streamsize>(values.size() * sizeof(T)));
 }
 
 }  // namespace
@@ -69,12 +47,12 @@ IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
   const char* p = idx.data();
   constexpr size_t kHeader = 9 + 8 + 1 + 8 + 8;
   if (idx.size() < kHeader) fail("too short for the header (" + std::to_string(idx.size()) + " bytes)");
-  if (std::memcmp(p, kMagic, 9) != 0) fail("wrong magic (not a Megatron MMIDIDX index)");
+  if (std::memcmp(p, kIndexMagic, 9) != 0) fail("wrong magic (not a Megatron MMIDIDX index)");
   uint64_t version, sequences, documents;
   std::memcpy(&version, p + 9, 8);
   if (version != 1) fail("unsupported version " + std::to_string(version));
   dtype_code_ = static_cast<uint8_t>(p[17]);
-  item_size_ = item_size_of(dtype_code_);
+  item_size_ = indexed_item_size(dtype_code_);
   if (item_size_ == 0) fail("unknown dtype code " + std::to_string(dtype_code_));
   std::memcpy(&sequences, p + 18, 8);
   std::memcpy(&documents, p + 26, 8);
@@ -116,55 +94,6 @@ torch::Tensor IndexedDataset::tokens(int64_t begin, int64_t count) const {
 std::vector<int64_t> IndexedDataset::sequence(int64_t index) const {
   torch::Tensor t = tokens(pointers_.at(index) / item_size_, lengths_.at(index));
   return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
-}
-
-IndexedDatasetWriter::IndexedDatasetWriter(const std::string& prefix, int64_t vocab_size)
-    : prefix_(prefix), dtype_code_(vocab_size <= 65536 ? kUint16 : kInt32) {
-  bin_ = std::make_unique<std::ofstream>(prefix + ".bin.tmp", std::ios::binary | std::ios::trunc);
-  if (!*bin_) throw std::runtime_error("cannot write " + prefix + ".bin.tmp");
-}
-
-IndexedDatasetWriter::~IndexedDatasetWriter() {
-  if (finished_) return;
-  bin_.reset();
-  std::filesystem::remove(prefix_ + ".bin.tmp");
-  std::filesystem::remove(prefix_ + ".idx.tmp");
-}
-
-void IndexedDatasetWriter::add_document(const std::vector<int64_t>& tokens) {
-  for (int64_t t : tokens) {
-    if (dtype_code_ == kUint16) write_pod(*bin_, static_cast<uint16_t>(t));
-    else write_pod(*bin_, static_cast<int32_t>(t));
-  }
-  lengths_.push_back(static_cast<int32_t>(tokens.size()));
-  document_indices_.push_back(static_cast<int64_t>(lengths_.size()));
-}
-
-void IndexedDatasetWriter::finish() {
-  bin_->flush();
-  if (!*bin_) throw std::runtime_error("cannot write " + prefix_ + ".bin.tmp (disk full?)");
-  bin_.reset();
-  std::vector<int64_t> pointers(lengths_.size());
-  int64_t offset = 0;
-  for (size_t i = 0; i < lengths_.size(); ++i) {
-    pointers[i] = offset;
-    offset += static_cast<int64_t>(lengths_[i]) * item_size_of(dtype_code_);
-  }
-  {
-    std::ofstream idx(prefix_ + ".idx.tmp", std::ios::binary | std::ios::trunc);
-    idx.write(kMagic, 9);
-    write_pod(idx, uint64_t{1});
-    write_pod(idx, dtype_code_);
-    write_pod(idx, static_cast<uint64_t>(lengths_.size()));
-    write_pod(idx, static_cast<uint64_t>(document_indices_.size()));
-    write_array(idx, lengths_);
-    write_array(idx, pointers);
-    write_array(idx, document_indices_);
-    if (!idx) throw std::runtime_error("cannot write " + prefix_ + ".idx.tmp");
-  }
-  std::filesystem::rename(prefix_ + ".bin.tmp", prefix_ + ".bin");
-  std::filesystem::rename(prefix_ + ".idx.tmp", prefix_ + ".idx");
-  finished_ = true;
 }
 
 IndexedTokenDataset::IndexedTokenDataset(const std::vector<Part>& parts, int64_t vocab_size, int64_t seq_length)

@@ -1,7 +1,9 @@
 // The command line. Without a subcommand, minipretrain trains: every config
 // field is a flag (config/fields.h), plus --config FILE.json (flags given on
-// the command line win over the file) and --print-config. Subcommand:
+// the command line win over the file) and --print-config. Subcommands:
+//   generate    sample text from a checkpoint
 //   export      checkpoint -> Hugging Face Llama directory
+// (`tokenizer` and `preprocess` run minipretrain-text; see src/main.cpp.)
 #pragma once
 
 #include <optional>
@@ -11,6 +13,16 @@
 #include "minipretrain/config/config.h"
 
 namespace minipretrain {
+
+struct GenerateCommand {
+  std::string checkpoint;  // a checkpoint, or an output dir (its newest checkpoint)
+  std::string tokenizer;
+  std::string prompt;
+  int64_t max_new_tokens = 64;
+  double temperature = 0.8;
+  int64_t top_k = 50;
+  int64_t seed = 0;
+};
 
 struct ExportCommand {
   std::string checkpoint;
@@ -22,6 +34,7 @@ struct CommandLine {
   std::string command = "train";  // or the subcommand's name
   Config config;
   bool print_config = false;
+  GenerateCommand generate;
   ExportCommand export_model;
 };
 

@@ -18,6 +18,7 @@
 #include <torch/torch.h>
 
 #include "minipretrain/data/dataset.h"
+#include "minipretrain/data/indexed_writer.h"
 #include "minipretrain/data/mapped_file.h"
 
 namespace minipretrain {
@@ -46,25 +47,6 @@ class IndexedDataset {
   std::vector<int32_t> lengths_;
   std::vector<int64_t> pointers_, document_indices_;
   std::unique_ptr<MappedFile> bin_;
-};
-
-// Writes PREFIX.bin / PREFIX.idx under temporary names and renames them in
-// finish(): an interrupted run leaves nothing under the final names.
-class IndexedDatasetWriter {
- public:
-  // uint16 when the vocabulary fits, else int32 (Megatron's choice).
-  IndexedDatasetWriter(const std::string& prefix, int64_t vocab_size);
-  ~IndexedDatasetWriter();
-  void add_document(const std::vector<int64_t>& tokens);
-  void finish();
-
- private:
-  std::string prefix_;
-  uint8_t dtype_code_;
-  std::unique_ptr<std::ofstream> bin_;
-  std::vector<int32_t> lengths_;
-  std::vector<int64_t> document_indices_{0};
-  bool finished_ = false;
 };
 
 // Training samples from one or more indexed datasets: windows of seq + 1

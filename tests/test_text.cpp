@@ -1,0 +1,144 @@
+// Tokenizer, preprocessing and generation through the real programs:
+// minipretrain runs minipretrain-text for everything SentencePiece does.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "minipretrain/data/indexed_dataset.h"
+#include "minipretrain/data/text_tool.h"
+#include "test_support.h"
+
+using namespace minipretrain;
+using namespace minipretrain::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+ProcessResult minipretrain_run(std::vector<std::string> args) {
+  args.insert(args.begin(), binary());
+  return run(args, {}, 300);
+}
+
+// Sentences of random words, one document per line.
+std::vector<std::string> documents(int count) {
+  const std::vector<std::string> words = {"the", "king", "queen", "speaks", "of", "war", "and", "peace", "to",
+                                          "his", "her", "people", "café", "naïve", "señor"};
+  std::mt19937 rng(7);
+  std::vector<std::string> docs;
+  for (int d = 0; d < count; ++d) {
+    std::string doc;
+    for (int w = 0; w < 5 + static_cast<int>(rng() % 10); ++w) doc += (w ? " " : "") + words[rng() % words.size()];
+    docs.push_back(doc);
+  }
+  return docs;
+}
+
+// A tokenizer trained once for the tests below.
+std::string tokenizer_model(const std::string& corpus) {
+  const std::string model = fs::path(corpus).parent_path() / "tok.model";
+  ProcessResult r = minipretrain_run({"tokenizer", "--input", corpus, "--vocab-size", "320", "--output", model});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  return model;
+}
+
+std::vector<std::string> decoded_documents(const std::string& prefix, const ExternalTokenizer& tokenizer) {
+  IndexedDataset data(prefix);
+  std::vector<std::string> out;
+  for (int64_t i = 0; i < data.num_sequences(); ++i) {
+    std::vector<int64_t> ids = data.sequence(i);
+    EXPECT_EQ(ids.back(), tokenizer.eos_id());
+    ids.pop_back();
+    out.push_back(tokenizer.decode(ids));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST(Text, PreprocessThenDetokenizeGivesTheDocuments) {
+  const std::string dir = fresh_dir("text_roundtrip");
+  const std::vector<std::string> docs = documents(300);
+  {
+    std::ofstream text(dir + "/corpus.txt"), jsonl(dir + "/corpus.jsonl"), blank(dir + "/blank.txt");
+    for (const auto& d : docs) {
+      text << d << "\n";
+      jsonl << nlohmann::json{{"content", d}, {"id", 1}}.dump() << "\n";
+    }
+    blank << docs[0] << "\n" << docs[1] << "\n\n\n" << docs[2] << "\n";
+  }
+  const std::string model = tokenizer_model(dir + "/corpus.txt");
+  const ExternalTokenizer tokenizer(model);
+  EXPECT_EQ(tokenizer.vocab_size(), 320);
+  EXPECT_EQ(tokenizer.eos_id(), 2);
+
+  ProcessResult r = minipretrain_run({"preprocess", "--tokenizer", model, "--input", dir + "/corpus.txt",
+                                      "--output-prefix", dir + "/text", "--workers", "2"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(decoded_documents(dir + "/text", tokenizer), docs);
+
+  r = minipretrain_run({"preprocess", "--tokenizer", model, "--input", dir + "/corpus.jsonl", "--json-key", "content",
+                        "--output-prefix", dir + "/json", "--workers", "1"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(decoded_documents(dir + "/json", tokenizer), docs);
+  // 1 and 2 workers write the same bytes.
+  std::ifstream a(dir + "/text.bin", std::ios::binary), b(dir + "/json.bin", std::ios::binary);
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(a), {}), std::string(std::istreambuf_iterator<char>(b), {}));
+
+  r = minipretrain_run({"preprocess", "--tokenizer", model, "--input", dir + "/blank.txt", "--blank-line-documents",
+                        "--output-prefix", dir + "/blank"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(decoded_documents(dir + "/blank", tokenizer),
+            (std::vector<std::string>{docs[0] + "\n" + docs[1], docs[2]}));
+}
+
+TEST(Text, BadInputNamesFileAndLineAndLeavesNothing) {
+  const std::string dir = fresh_dir("text_errors");
+  {
+    std::ofstream corpus(dir + "/corpus.txt");
+    for (const auto& d : documents(200)) corpus << d << "\n";
+    std::ofstream(dir + "/missing_key.jsonl") << "{\"text\": \"fine\"}\n{\"body\": \"no text\"}\n";
+    std::ofstream(dir + "/bad.jsonl") << "{\"text\": \"fine\"}\n{\"text\": \n";
+    std::ofstream(dir + "/latin1.txt") << "fine\nbad \xe9 byte\n";
+  }
+  const std::string model = tokenizer_model(dir + "/corpus.txt");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {dir + "/missing_key.jsonl", "missing_key.jsonl:2: no string under the key 'text'"},
+      {dir + "/bad.jsonl", "bad.jsonl:2: invalid JSON"},
+      {dir + "/latin1.txt", "latin1.txt:2: invalid UTF-8"},
+      {dir + "/nowhere.txt", "cannot read input"},
+  };
+  for (const auto& [input, message] : cases) {
+    ProcessResult r = minipretrain_run({"preprocess", "--tokenizer", model, "--input", input, "--output-prefix",
+                                        dir + "/out", "--no-progress"});
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find(message), std::string::npos) << r.output;
+    for (const char* leftover : {"/out.bin", "/out.idx", "/out.bin.tmp", "/out.idx.tmp"})
+      EXPECT_FALSE(fs::exists(dir + leftover)) << leftover;
+  }
+  ProcessResult r = minipretrain_run({"preprocess", "--tokenizer", dir + "/corpus.txt", "--input", dir + "/corpus.txt",
+                                      "--output-prefix", dir + "/out"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find("cannot load tokenizer"), std::string::npos) << r.output;
+}
+
+TEST(Text, TrainOnPreprocessedTextThenGenerate) {
+  const std::string dir = fresh_dir("text_generate");
+  {
+    std::ofstream corpus(dir + "/corpus.txt");
+    for (const auto& d : documents(400)) corpus << d << "\n";
+  }
+  const std::string model = tokenizer_model(dir + "/corpus.txt");
+  ASSERT_EQ(minipretrain_run({"preprocess", "--tokenizer", model, "--input", dir + "/corpus.txt", "--output-prefix",
+                              dir + "/data", "--no-progress"}).exit_code, 0);
+  std::vector<std::string> args = tiny_args(dir + "/out", 20);
+  args.insert(args.end(), {"--vocab-size", "320", "--data-path", dir + "/data", "--split", "95,5", "--eval-interval", "10"});
+  expect_all_succeeded(run_ranks(1, args));
+  ProcessResult r = minipretrain_run({"generate", "--checkpoint", dir + "/out", "--tokenizer", model, "--prompt",
+                                      "the king", "--max-new-tokens", "8", "--seed", "3"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output.rfind("the king", 0), 0u) << r.output;  // the prompt, then its continuation
+  EXPECT_EQ(r.output, minipretrain_run({"generate", "--checkpoint", dir + "/out", "--tokenizer", model, "--prompt",
+                                        "the king", "--max-new-tokens", "8", "--seed", "3"}).output);
+}
