@@ -16,8 +16,8 @@
 #   MINIPRETRAIN_BIN [<script dir>/../build/minipretrain]; with a hostfile it
 #     must exist at the same path on every host.
 #   MPIRUN_ARGS []: extra mpirun arguments, split on whitespace (no quoting).
-# Every argument goes to the binary unchanged; a flag built from a setting
-# above is left out when the arguments already carry it.
+# Every argument goes to the binary unchanged, after the flags built from the
+# settings above; the binary takes a repeated flag's last value.
 #
 # mpirun handles signals and failures itself. When one rank fails it stops the
 # others and exits with that rank's code. On SIGINT or SIGTERM it sends the
@@ -82,28 +82,10 @@ fi
 export MASTER_ADDR MASTER_PORT
 
 # ---- the binary's command line ---------------------------------------------
-# True when the user's arguments already carry FLAG, as "FLAG VALUE" or
-# "FLAG=VALUE". Scanning stops at "--", after which nothing is a flag.
-user_has_flag() {
-  local flag=$1 arg
-  shift
-  for arg in "$@"; do
-    [[ $arg == -- ]] && return 1
-    [[ $arg == "$flag" || $arg == "$flag="* ]] && return 0
-  done
-  return 1
-}
-bin_args=()
-add_flag_unless_given() {  # FLAG VALUE USER_ARGS...
-  local flag=$1 value=$2
-  shift 2
-  user_has_flag "$flag" "$@" || bin_args+=("$flag" "$value")
-}
-add_flag_unless_given --tensor-parallel-size "$TP_SIZE" "$@"
-add_flag_unless_given --pipeline-parallel-size "$PP_SIZE" "$@"
-add_flag_unless_given --micro-batch-size "$MICRO_BATCH_SIZE" "$@"
-add_flag_unless_given --max-steps "$MAX_STEPS" "$@"
-bin_args+=("$@")
+# The user's arguments come last: minipretrain takes the last occurrence of a
+# repeated flag, so they override the flags built from the settings.
+bin_args=(--tensor-parallel-size "$TP_SIZE" --pipeline-parallel-size "$PP_SIZE"
+  --micro-batch-size "$MICRO_BATCH_SIZE" --max-steps "$MAX_STEPS" "$@")
 
 # ---- the mpirun command line -----------------------------------------------
 # --bind-to none: Open MPI would otherwise pin each rank to one core (for

@@ -19,9 +19,9 @@ Settings (environment, defaults in brackets):
   LAUNCHER [builtin]: builtin | torchrun
   KILL_GRACE_SECONDS [5]: how long ranks get to stop before they are killed
 
-Every argument goes to the binary unchanged. A flag built from a setting
-(--tensor-parallel-size, --pipeline-parallel-size, --micro-batch-size,
---max-steps) is left out when the arguments already carry it.
+Every argument goes to the binary unchanged, after the flags built from the
+settings (--tensor-parallel-size, --pipeline-parallel-size, --micro-batch-size,
+--max-steps); the binary takes a repeated flag's last value.
 
 Exit status: the first failing rank's exit code; 0 when every rank succeeded;
 2 for a bad setting.
@@ -124,24 +124,11 @@ if ($Settings.LAUNCHER -ceq 'torchrun') {
 }
 
 # ---- the binary's command line ---------------------------------------------
-# True when the user's arguments already carry FLAG, as "FLAG VALUE" or
-# "FLAG=VALUE" (case-sensitive, as the binary's parser is). Scanning stops at
-# "--", after which nothing is a flag.
-function Test-UserFlag([string]$Flag) {
-    foreach ($a in $UserArgs) {
-        if ($a -ceq '--') { return $false }
-        if ($a -ceq $Flag -or $a.StartsWith("$Flag=", [StringComparison]::Ordinal)) { return $true }
-    }
-    return $false
-}
+# The user's arguments come last: minipretrain takes the last occurrence of a
+# repeated flag, so they override the flags built from the settings.
 $BinArgs = New-Object System.Collections.Generic.List[string]
-foreach ($pair in @(
-        @('--tensor-parallel-size', $Settings.TP_SIZE),
-        @('--pipeline-parallel-size', $Settings.PP_SIZE),
-        @('--micro-batch-size', $Settings.MICRO_BATCH_SIZE),
-        @('--max-steps', $Settings.MAX_STEPS))) {
-    if (-not (Test-UserFlag $pair[0])) { $BinArgs.Add($pair[0]); $BinArgs.Add($pair[1]) }
-}
+foreach ($a in @('--tensor-parallel-size', $Settings.TP_SIZE, '--pipeline-parallel-size', $Settings.PP_SIZE,
+        '--micro-batch-size', $Settings.MICRO_BATCH_SIZE, '--max-steps', $Settings.MAX_STEPS)) { $BinArgs.Add([string]$a) }
 foreach ($a in $UserArgs) { $BinArgs.Add($a) }
 
 # Start-Process joins an -ArgumentList array with spaces and quotes nothing, so

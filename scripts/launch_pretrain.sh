@@ -16,10 +16,10 @@
 #   LAUNCHER [builtin]: builtin | torchrun
 #   KILL_GRACE_SECONDS [5]: how long ranks get between SIGTERM and SIGKILL
 #     when another rank has failed.
-# Every argument goes to the binary unchanged. A flag built from a setting
-# above (--tensor-parallel-size, --pipeline-parallel-size, --micro-batch-size,
-# --max-steps) is left out when the arguments already carry it, so the command
-# line always wins over the environment.
+# Every argument goes to the binary unchanged, after the flags built from the
+# settings above (--tensor-parallel-size, --pipeline-parallel-size,
+# --micro-batch-size, --max-steps); the binary takes a repeated flag's last
+# value, so the command line wins over the environment.
 #
 # Exit status: the first failing rank's exit code; 0 when every rank succeeded;
 # 128+N when stopped by signal N; 2 for a bad setting.
@@ -74,29 +74,10 @@ fi
   die "MINIPRETRAIN_BIN '$MINIPRETRAIN_BIN' is not an executable file (build it, or set MINIPRETRAIN_BIN)"
 
 # ---- the binary's command line ---------------------------------------------
-# True when the user's arguments already carry FLAG, as "FLAG VALUE" or
-# "FLAG=VALUE". Scanning stops at "--", after which nothing is a flag.
-user_has_flag() {
-  local flag=$1 arg
-  shift
-  for arg in "$@"; do
-    [[ $arg == -- ]] && return 1
-    [[ $arg == "$flag" || $arg == "$flag="* ]] && return 0
-  done
-  return 1
-}
-
-bin_args=()
-add_flag_unless_given() {  # FLAG VALUE USER_ARGS...
-  local flag=$1 value=$2
-  shift 2
-  user_has_flag "$flag" "$@" || bin_args+=("$flag" "$value")
-}
-add_flag_unless_given --tensor-parallel-size "$TP_SIZE" "$@"
-add_flag_unless_given --pipeline-parallel-size "$PP_SIZE" "$@"
-add_flag_unless_given --micro-batch-size "$MICRO_BATCH_SIZE" "$@"
-add_flag_unless_given --max-steps "$MAX_STEPS" "$@"
-bin_args+=("$@")
+# The user's arguments come last: minipretrain takes the last occurrence of a
+# repeated flag, so they override the flags built from the settings.
+bin_args=(--tensor-parallel-size "$TP_SIZE" --pipeline-parallel-size "$PP_SIZE"
+  --micro-batch-size "$MICRO_BATCH_SIZE" --max-steps "$MAX_STEPS" "$@")
 
 WORLD_SIZE=$((NNODES * NPROC_PER_NODE))
 export MASTER_ADDR MASTER_PORT
