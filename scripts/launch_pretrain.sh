@@ -110,7 +110,9 @@ stopping=""  # why we are tearing down: "", "failure" or "signal"
 signal_ranks() {  # SIGNAL: send it to every rank not yet reaped
   local pid
   for pid in "${pids[@]}"; do
-    [[ -n $pid ]] && kill -s "$1" "$pid" 2>/dev/null
+    # A rank may have exited since it was last looked at: a failed kill is fine
+    # (and must not trip set -e).
+    [[ -n $pid ]] && { kill -s "$1" "$pid" 2>/dev/null || true; }
   done
   return 0
 }
