@@ -2,7 +2,10 @@
 // 2 bad configuration or layout, 1 any other failure (data, checkpoint, a
 // peer process that died).
 #include <chrono>
+#include <malloc.h>
 #include <unistd.h>
+
+#include <limits>
 
 #include <cstdio>
 #include <filesystem>
@@ -38,6 +41,15 @@ void warn_on_reference_blas() {
     spdlog::warn("LibTorch is using the reference BLAS (about 30x slower): apt-get install libopenblas0-openmp");
 }
 
+// Every step allocates and frees the same large activation tensors. glibc
+// would hand each one back to the kernel (mmap/munmap) and fault its pages in
+// again next time, zero-filled: a second per Small step. Keeping freed memory
+// in the heap makes the next step reuse it.
+void keep_freed_memory() {
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
+}
+
 int threads_per_process(const Config& config, const LaunchEnv& env) {
   if (config.train.num_threads > 0) return static_cast<int>(config.train.num_threads);
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -63,7 +75,7 @@ void print_config(const Config& config) {
               static_cast<long long>(n.per_layer_norms), static_cast<long long>(n.lm_head));
 }
 
-void log_banner(const Config& config, const ParallelState& parallel, const TokenDataset* data, int threads) {
+void log_banner(const Config& config, const ParallelState& parallel, const Trainer& trainer, int threads) {
   const ParameterCount n = count_parameters(config.model);
   spdlog::info("minipretrain | {:.2f}M parameters | {} layers, hidden {}, heads {} (kv {}), vocab {}, seq {}",
                n.total() / 1e6, config.model.num_layers, config.model.hidden_size, config.model.num_attention_heads,
@@ -76,7 +88,11 @@ void log_banner(const Config& config, const ParallelState& parallel, const Token
   spdlog::info("Steps {} | LR {:.2e} -> {:.2e}, warm-up {:.0f}% | weight decay {} | grad clip {}", config.train.max_steps,
                config.train.learning_rate, config.train.min_lr, 100 * config.train.warmup_ratio,
                config.train.weight_decay, config.train.grad_clip);
-  if (data) spdlog::info("Data: {}", data->describe());
+  std::string split;
+  for (int64_t n : config.parallel.pipeline_layer_split) split += (split.empty() ? "" : ",") + std::to_string(n);
+  spdlog::info("Precision {} (--precision {}) | recompute {} | layers per pipeline stage {}", trainer.precision_name(),
+               config.train.precision, config.train.recompute, split);
+  if (trainer.dataset()) spdlog::info("Data: {}", trainer.dataset()->describe());
 }
 
 // VmHWM: the most resident memory this process has held.
@@ -143,6 +159,7 @@ std::string first_line(const std::string& text) { return text.substr(0, text.fin
 
 int main(int argc, char** argv) {
   const auto launched = std::chrono::steady_clock::now();
+  keep_freed_memory();
   // Tokenizer training and preprocessing belong to minipretrain-text.
   if (argc > 1 && (std::string(argv[1]) == "tokenizer" || std::string(argv[1]) == "preprocess")) {
     const std::string tool = text_tool_path();
@@ -183,7 +200,7 @@ int main(int argc, char** argv) {
     spdlog::info("{}", parallel.describe());
     Trainer trainer(config, parallel, device);
     if (parallel.is_logging_rank()) {
-      log_banner(config, parallel, trainer.dataset(), threads);
+      log_banner(config, parallel, trainer, threads);
       spdlog::info("Start-up took {:.2f} s",
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - launched).count());
     }

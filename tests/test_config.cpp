@@ -114,8 +114,40 @@ TEST(Config, LayoutMistakes) {
   c.parallel.pipeline_parallel_size = 2;
   EXPECT_EQ(resolve_error(c, 6), "world size 6 is not divisible by tensor_parallel_size 2 x pipeline_parallel_size 2");
   c = Config();
-  c.parallel.pipeline_parallel_size = 5;
-  EXPECT_EQ(resolve_error(c, 5), "num_layers 12 is not divisible by pipeline_parallel_size 5");
+  c.parallel.pipeline_parallel_size = 13;
+  EXPECT_EQ(resolve_error(c, 13), "num_layers 12 is fewer than pipeline_parallel_size 13: every stage needs a layer");
+  c = Config();
+  c.parallel.pipeline_parallel_size = 2;
+  c.parallel.pipeline_layer_split = {7, 4};
+  EXPECT_EQ(resolve_error(c, 2), "pipeline_layer_split 7,4 adds up to 11 layers, the model has num_layers 12");
+  c.parallel.pipeline_layer_split = {7, 4, 1};
+  EXPECT_EQ(resolve_error(c, 2), "pipeline_layer_split 7,4,1 has 3 entries for 2 pipeline stages");
+  c.parallel.pipeline_layer_split = {12, 0};
+  EXPECT_EQ(resolve_error(c, 2), "pipeline_layer_split 12,0: every stage needs at least one layer");
+  c = Config();
+  c.train.precision = "fp16";
+  EXPECT_EQ(resolve_error(c), "precision must be auto, fp32 or bf16, got 'fp16'");
+  c = Config();
+  c.train.recompute = "selective";
+  EXPECT_EQ(resolve_error(c), "recompute must be none or full, got 'selective'");
+}
+
+TEST(Config, BalancedSplitGivesTheLastStageFewerLayers) {
+  // Small: the LM head over 32000 words costs about 2.5 decoder layers.
+  ModelConfig small;
+  EXPECT_EQ(balanced_layer_split(small, 1), std::vector<int64_t>({12}));
+  EXPECT_EQ(balanced_layer_split(small, 2), std::vector<int64_t>({7, 5}));
+  const std::vector<int64_t> four = balanced_layer_split(small, 4);
+  EXPECT_EQ(four.size(), 4u);
+  EXPECT_EQ(four[0] + four[1] + four[2] + four[3], 12);
+  EXPECT_LT(four[3], four[0]);
+  ModelConfig narrow_vocab = small;
+  narrow_vocab.vocab_size = 256;  // a negligible head: an even split
+  EXPECT_EQ(balanced_layer_split(narrow_vocab, 2), std::vector<int64_t>({6, 6}));
+  Config c;
+  c.parallel.pipeline_parallel_size = 2;
+  c.resolve(2);
+  EXPECT_EQ(c.parallel.pipeline_layer_split, std::vector<int64_t>({7, 5}));
 }
 
 TEST(Config, MicrobatchesDeriveFromTheGlobalBatch) {

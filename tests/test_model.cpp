@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
 
 #include "minipretrain/model/stage.h"
 
@@ -20,6 +21,25 @@ ModelConfig small_model() {
   c.max_seq_length = 12;
   return c;
 }
+
+// Rank `rank` of a TP group of 2 that never communicates: building and
+// initializing a stage asks only rank() and size().
+class ShapeOnlyGroup : public Communicator {
+ public:
+  explicit ShapeOnlyGroup(int rank) : Communicator("tp", rank, 2) {}
+
+ protected:
+  void do_all_reduce(torch::Tensor&, ReduceOp) override { unexpected(); }
+  torch::Tensor do_all_gather(const torch::Tensor&, int64_t) override { unexpected(); }
+  torch::Tensor do_reduce_scatter(const torch::Tensor&) override { unexpected(); }
+  void do_broadcast(torch::Tensor&, int) override { unexpected(); }
+  std::unique_ptr<SendHandle> do_isend(const torch::Tensor&, int, int) override { unexpected(); }
+  void do_recv(torch::Tensor&, int, int) override { unexpected(); }
+  void do_barrier() override { unexpected(); }
+
+ private:
+  [[noreturn]] static void unexpected() { throw std::logic_error("ShapeOnlyGroup cannot communicate"); }
+};
 
 Stage make_stage(const ModelConfig& c) {
   Stage stage(c, StagePosition{}, std::make_shared<SoloCommunicator>("tp"));
@@ -64,12 +84,15 @@ TEST(Attention, GqaEqualsMultiHeadWithRepeatedKvHeads) {
   torch::manual_seed(2);
   for (auto& p : a->parameters()) p.data().normal_(0, 0.2);
   torch::NoGradGuard no_grad;
-  b->q_proj->weight.copy_(a->q_proj->weight);
+  // Fused rows: q (4 heads), k, v (2 heads in a, 4 in b).
+  const int64_t d = gqa.head_dim();
+  const torch::Tensor wa = a->qkv_proj->weight, wb = b->qkv_proj->weight;
+  wb.narrow(0, 0, 4 * d).copy_(wa.narrow(0, 0, 4 * d));
   b->o_proj->weight.copy_(a->o_proj->weight);
   // kv head j serves query heads 2j and 2j+1: repeat its rows in that order.
-  const int64_t d = gqa.head_dim();
-  b->k_proj->weight.copy_(a->k_proj->weight.view({2, d, -1}).repeat_interleave(2, 0).reshape({4 * d, -1}));
-  b->v_proj->weight.copy_(a->v_proj->weight.view({2, d, -1}).repeat_interleave(2, 0).reshape({4 * d, -1}));
+  for (int64_t part = 0; part < 2; ++part)
+    wb.narrow(0, (4 + 4 * part) * d, 4 * d)
+        .copy_(wa.narrow(0, (4 + 2 * part) * d, 2 * d).view({2, d, -1}).repeat_interleave(2, 0).reshape({4 * d, -1}));
   RotaryEmbedding rope(d, 12, 10000.0);
   torch::Tensor x = torch::randn({2, 7, 32});
   EXPECT_TRUE(torch::allclose(a(x, rope), b(x, rope), 1e-5, 1e-6));
@@ -77,13 +100,17 @@ TEST(Attention, GqaEqualsMultiHeadWithRepeatedKvHeads) {
 
 TEST(Attention, MathPathEqualsReference) {
   torch::manual_seed(3);
-  torch::Tensor q = torch::randn({1, 2, 5, 4}), k = torch::randn({1, 2, 5, 4}), v = torch::randn({1, 2, 5, 4});
+  // 4 query heads over 2 kv heads: query head h reads kv head h / 2.
+  torch::Tensor q = torch::randn({1, 4, 5, 4}), k = torch::randn({1, 2, 5, 4}), v = torch::randn({1, 2, 5, 4});
   torch::Tensor out = causal_attention(q, k, v);
-  for (int64_t t = 0; t < 5; ++t) {
-    torch::Tensor scores = torch::matmul(q.narrow(2, t, 1), k.narrow(2, 0, t + 1).transpose(-2, -1)) / 2.0;
-    torch::Tensor expected = torch::matmul(torch::softmax(scores, -1), v.narrow(2, 0, t + 1));
-    EXPECT_TRUE(torch::allclose(out.narrow(2, t, 1), expected, 1e-5, 1e-6));
-  }
+  for (int64_t h = 0; h < 4; ++h)
+    for (int64_t t = 0; t < 5; ++t) {
+      torch::Tensor kh = k.narrow(1, h / 2, 1), vh = v.narrow(1, h / 2, 1);
+      torch::Tensor scores =
+          torch::matmul(q.narrow(1, h, 1).narrow(2, t, 1), kh.narrow(2, 0, t + 1).transpose(-2, -1)) / 2.0;
+      torch::Tensor expected = torch::matmul(torch::softmax(scores, -1), vh.narrow(2, 0, t + 1));
+      EXPECT_TRUE(torch::allclose(out.narrow(1, h, 1).narrow(2, t, 1), expected, 1e-5, 1e-6));
+    }
 }
 
 TEST(Model, IsCausal) {
@@ -97,27 +124,60 @@ TEST(Model, IsCausal) {
   EXPECT_FALSE(torch::allclose(a.narrow(1, 7, 1), b.narrow(1, 7, 1)));
 }
 
+namespace {
+
+// Every named full tensor of a stage, by HF name.
+std::map<std::string, torch::Tensor> named_tensors(const Stage& stage) {
+  std::map<std::string, torch::Tensor> out;
+  const auto parameters = stage->named_parameters();
+  for (const auto& [name, slot] : stage->tensors()) out[name] = slot.of(parameters[slot.parameter]);
+  return out;
+}
+
+}  // namespace
+
 TEST(Model, InitializationDependsOnSeedAndNameOnly) {
   Stage a = make_stage(small_model()), b = make_stage(small_model());
-  auto pa = a->named_parameters(), pb = b->named_parameters();
-  for (const auto& p : pa) EXPECT_TRUE(torch::equal(p.value(), pb[p.key()])) << p.key();
+  auto pa = named_tensors(a), pb = named_tensors(b);
+  for (const auto& [name, t] : pa) EXPECT_TRUE(torch::equal(t, pb.at(name))) << name;
   EXPECT_FALSE(torch::equal(pa["model.layers.0.mlp.up_proj.weight"], pa["model.layers.1.mlp.up_proj.weight"]));
   EXPECT_TRUE(torch::equal(pa["model.norm.weight"], torch::ones({32})));
+  const double std = pa["model.layers.0.mlp.up_proj.weight"].std().item<double>();
+  EXPECT_NEAR(std, 0.02, 0.004);  // N(0, init_std)
+}
+
+TEST(Model, EachRankDrawsOnlyItsShardOfTheSameFullTensor) {
+  ModelConfig c = small_model();
+  c.num_layers = 4;
+  const auto full = named_tensors(make_stage(c));
+  for (int rank = 0; rank < 2; ++rank)
+    for (int64_t stage = 0; stage < 2; ++stage) {
+      Stage shard(c, StagePosition::of({3, 1}, stage), std::make_shared<ShapeOnlyGroup>(rank));
+      shard->initialize(7);
+      for (const auto& [name, t] : named_tensors(shard)) {
+        const ShardSpec& spec = shard->tensors().at(name).spec;
+        const int64_t real = spec.sharded() ? std::min(t.size(spec.dim), spec.full_shape[spec.dim] - spec.offset) : 0;
+        const torch::Tensor expected = spec.sharded() ? full.at(name).narrow(spec.dim, spec.offset, real) : full.at(name);
+        EXPECT_TRUE(torch::equal(spec.sharded() ? t.narrow(spec.dim, 0, real) : t, expected)) << name << " rank " << rank;
+      }
+    }
 }
 
 TEST(Model, HuggingFaceNamesAndExactParameterCount) {
   const ModelConfig c = small_model();
   Stage stage = make_stage(c);
-  int64_t total = 0;
+  int64_t total = 0, named = 0;
   for (const auto& p : stage->parameters()) total += p.numel();
   EXPECT_EQ(total, count_parameters(c).total());
-  auto names = stage->named_parameters();
+  auto names = named_tensors(stage);
+  for (const auto& [name, t] : names) named += t.numel();
+  EXPECT_EQ(named, total);  // the named tensors tile the fused parameters exactly
   for (const char* name : {"model.embed_tokens.weight", "model.layers.1.self_attn.q_proj.weight",
                            "model.layers.1.self_attn.k_proj.weight", "model.layers.0.self_attn.o_proj.weight",
                            "model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.down_proj.weight",
                            "model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight",
                            "model.norm.weight", "lm_head.weight"})
-    EXPECT_TRUE(names.contains(name)) << name;
+    EXPECT_TRUE(names.count(name)) << name;
   EXPECT_EQ(names["model.layers.0.self_attn.k_proj.weight"].sizes(), torch::IntArrayRef({16, 32}));
 }
 
@@ -125,12 +185,12 @@ TEST(Model, PipelineStagesHoldTheirSliceOfLayers) {
   ModelConfig c = small_model();
   c.num_layers = 4;
   auto tp = std::make_shared<SoloCommunicator>("tp");
-  Stage first(c, StagePosition{0, 2}, tp), last(c, StagePosition{1, 2}, tp);
-  auto f = first->named_parameters(), l = last->named_parameters();
-  EXPECT_TRUE(f.contains("model.embed_tokens.weight"));
-  EXPECT_TRUE(f.contains("model.layers.1.mlp.up_proj.weight"));
-  EXPECT_FALSE(f.contains("lm_head.weight"));
-  EXPECT_TRUE(l.contains("model.layers.2.mlp.up_proj.weight"));
-  EXPECT_TRUE(l.contains("lm_head.weight"));
-  EXPECT_FALSE(l.contains("model.layers.1.mlp.up_proj.weight"));
+  Stage first(c, StagePosition::of({2, 2}, 0), tp), last(c, StagePosition::of({2, 2}, 1), tp);
+  auto f = named_tensors(first), l = named_tensors(last);
+  EXPECT_TRUE(f.count("model.embed_tokens.weight"));
+  EXPECT_TRUE(f.count("model.layers.1.mlp.up_proj.weight"));
+  EXPECT_FALSE(f.count("lm_head.weight"));
+  EXPECT_TRUE(l.count("model.layers.2.mlp.up_proj.weight"));
+  EXPECT_TRUE(l.count("lm_head.weight"));
+  EXPECT_FALSE(l.count("model.layers.1.mlp.up_proj.weight"));
 }

@@ -95,14 +95,14 @@ TEST(Regions, ForwardAndBackwardCommunicateWhereMegatronDoes) {
 
 TEST(GradientBuckets, AverageOverDataParallelInFewCalls) {
   with_gloo_group(2, [](int rank, Communicator& dp) {
-    std::vector<torch::Tensor> params;
-    for (int i = 0; i < 10; ++i) {
-      params.push_back(torch::zeros({100}).requires_grad_(true));
-      params.back().mutable_grad() = torch::full({100}, static_cast<float>(rank * 10 + i));
-    }
-    GradientBuckets buckets(params, 1000);  // two 400-byte gradients per bucket
+    torch::Tensor flat = torch::empty({1000});
+    for (int i = 0; i < 10; ++i) flat.narrow(0, 100 * i, 100).fill_(static_cast<float>(rank * 10 + i));
+    GradientBuckets buckets(flat, std::vector<int64_t>(10, 100), 1000);  // two 400-byte gradients per bucket
     buckets.all_reduce_mean(dp);
-    for (int i = 0; i < 10; ++i) EXPECT_FLOAT_EQ(params[i].grad()[0].item<float>(), 5.0f + i);
+    for (int i = 0; i < 10; ++i) {
+      EXPECT_FLOAT_EQ(flat[100 * i].item<float>(), 5.0f + i);
+      EXPECT_FLOAT_EQ(flat[100 * i + 99].item<float>(), 5.0f + i);
+    }
     EXPECT_EQ(dp.stats().at("all_reduce").calls, static_cast<int64_t>(buckets.num_buckets()));
     EXPECT_EQ(buckets.num_buckets(), 5u);
   });

@@ -35,6 +35,22 @@ TEST(PipelineParallel, EverySchedulePPAndMicrobatchCountEqualsOneProcess) {
   }
 }
 
+TEST(PipelineParallel, UnevenLayerSplitsEqualOneProcess) {
+  const std::string base = fresh_dir("split_base");
+  expect_all_succeeded(run_ranks(1, pp_args(base, 1, 4, "1f1b")));
+  for (const std::string split : {"3,1", "1,3"}) {
+    SCOPED_TRACE(split);
+    const std::string out = fresh_dir("split_" + split.substr(0, 1));
+    std::vector<std::string> args = pp_args(out, 2, 4, "1f1b");
+    args.insert(args.end(), {"--pipeline-layer-split", split});
+    const auto results = run_ranks(2, args);
+    expect_all_succeeded(results);
+    EXPECT_NE(results[0].output.find("layers per pipeline stage " + split), std::string::npos) << results[0].output;
+    expect_same_losses(base, out, kSteps, 1e-5);
+    expect_same_weights(base, out, 1e-4);
+  }
+}
+
 TEST(PipelineParallel, DataTensorAndPipelineTogether) {
   // 2 x 2 x 2 = 8 processes against one, global batch 8.
   const std::string base = fresh_dir("3d_base"), out = fresh_dir("3d");

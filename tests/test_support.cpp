@@ -148,7 +148,7 @@ std::vector<std::string> tiny_args(const std::string& output_dir, int max_steps)
           "--num-attention-heads", "8", "--num-key-value-heads", "4", "--max-seq-length", "16",
           "--micro-batch-size", "2", "--global-batch-size", "8", "--max-steps", std::to_string(max_steps),
           "--learning-rate", "3e-3", "--min-lr", "3e-4", "--warmup-ratio", "0.1", "--num-train-samples", "512",
-          "--log-interval", "1", "--save-interval", "1000", "--num-threads", "1", "--dist-timeout", "60",
+          "--log-interval", "1", "--save-interval", "1000", "--num-threads", "1", "--dist-timeout", "60", "--precision", "fp32",
           "--output-dir", output_dir};
 }
 

@@ -43,6 +43,19 @@ void check_compatible(const nlohmann::json& saved, const Config& config, const s
       throw CheckpointError("checkpoint " + dir + " has " + key + "=" + saved.value(key, nlohmann::json()).dump() +
                             " but this run has " + now.at(key).dump());
   }
+  // Checkpoints from before the split existed cut the layers evenly.
+  const int64_t stages = saved.at("pipeline_parallel_size").get<int64_t>();
+  const std::vector<int64_t> split =
+      saved.contains("pipeline_layer_split")
+          ? saved.at("pipeline_layer_split").get<std::vector<int64_t>>()
+          : std::vector<int64_t>(stages, saved.at("num_layers").get<int64_t>() / stages);
+  if (split != config.parallel.pipeline_layer_split) {
+    std::string text;
+    for (int64_t n : split) text += (text.empty() ? "" : ",") + std::to_string(n);
+    throw CheckpointError("checkpoint " + dir + " was written with pipeline_layer_split " + text + " but this run has " +
+                          now.at("pipeline_layer_split").dump() + ": pass --pipeline-layer-split " + text +
+                          " to resume it");
+  }
 }
 
 }  // namespace
@@ -73,8 +86,8 @@ std::map<std::string, torch::Tensor> read_named_shard(const std::string& path_pr
   return file.tensors;
 }
 
-std::string save_checkpoint(const std::string& output_dir, const TrainingProgress& progress, Stage& stage,
-                            const AdamW& optimizer, const Config& config, const ParallelState& parallel) {
+std::string save_checkpoint(const std::string& output_dir, const TrainingProgress& progress, const NamedState& state,
+                            const Config& config, const ParallelState& parallel) {
   const fs::path final_dir = fs::path(output_dir) / step_dir_name(progress.step);
   const fs::path tmp_dir = final_dir.string() + ".tmp";
   if (parallel.rank() == 0) {
@@ -85,12 +98,12 @@ std::string save_checkpoint(const std::string& output_dir, const TrainingProgres
 
   if (parallel.coords().dp == 0) {
     std::map<std::string, torch::Tensor> tensors;
-    std::map<std::string, ShardSpec> specs = stage->shard_specs();
-    for (const auto& p : stage->named_parameters()) tensors[kModelPrefix + p.key()] = p.value();
-    for (const auto& [name, t] : optimizer.state()) tensors[kOptimPrefix + name] = t;
-    std::map<std::string, ShardSpec> prefixed;
-    for (const auto& [name, spec] : specs) prefixed[kModelPrefix + name] = spec;
-    write_named_shard((tmp_dir / shard_name(parallel.coords())).string(), tensors, prefixed);
+    std::map<std::string, ShardSpec> specs;
+    for (const auto& [name, entry] : state) {
+      tensors[name] = entry.tensor;
+      if (entry.spec) specs[name] = *entry.spec;
+    }
+    write_named_shard((tmp_dir / shard_name(parallel.coords())).string(), tensors, specs);
   }
   parallel.world().barrier();
 
@@ -125,7 +138,7 @@ std::string find_latest_checkpoint(const std::string& output_dir) {
   return best;
 }
 
-TrainingProgress load_checkpoint(const std::string& dir, Stage& stage, AdamW& optimizer, const Config& config,
+TrainingProgress load_checkpoint(const std::string& dir, const NamedState& state, const Config& config,
                                  const ParallelState& parallel) {
   const nlohmann::json meta = read_json(fs::path(dir) / "meta.json");
   if (!meta.contains("config") || !meta.contains("step"))
@@ -136,21 +149,13 @@ TrainingProgress load_checkpoint(const std::string& dir, Stage& stage, AdamW& op
   saved.dp = 0;
   std::map<std::string, torch::Tensor> tensors = read_named_shard((fs::path(dir) / shard_name(saved)).string());
   torch::NoGradGuard no_grad;
-  for (auto& p : stage->named_parameters()) {
-    auto it = tensors.find(kModelPrefix + p.key());
-    if (it == tensors.end()) throw CheckpointError("checkpoint " + dir + " has no tensor " + p.key());
-    if (!it->second.sizes().equals(p.value().sizes()))
-      throw CheckpointError("checkpoint " + dir + ": " + p.key() + " has shape " + c10::str(it->second.sizes()) +
-                            ", the model expects " + c10::str(p.value().sizes()));
-    p.value().copy_(it->second);
-  }
-  std::map<std::string, torch::Tensor> optim;
-  for (const auto& [name, t] : tensors)
-    if (name.rfind(kOptimPrefix, 0) == 0) optim[name.substr(std::strlen(kOptimPrefix))] = t;
-  try {
-    optimizer.load_state(optim);
-  } catch (const std::exception& e) {
-    throw CheckpointError("checkpoint " + dir + ": " + e.what());
+  for (const auto& [name, entry] : state) {
+    auto it = tensors.find(name);
+    if (it == tensors.end()) throw CheckpointError("checkpoint " + dir + " has no tensor " + name);
+    if (!it->second.sizes().equals(entry.tensor.sizes()))
+      throw CheckpointError("checkpoint " + dir + ": " + name + " has shape " + c10::str(it->second.sizes()) +
+                            ", the model expects " + c10::str(entry.tensor.sizes()));
+    entry.tensor.copy_(it->second);
   }
   return {meta.at("step").get<int64_t>(), meta.value("consumed_samples", int64_t{0})};
 }
@@ -164,7 +169,8 @@ std::map<std::string, torch::Tensor> load_full_tensors(const std::string& dir, c
     const std::string prefix = (entry.path().parent_path() / entry.path().stem()).string();
     for (auto& [key, tensor] : read_named_shard(prefix, &specs)) {
       auto spec = specs.find(key);
-      if (spec == specs.end()) continue;  // optimizer state
+      if (spec == specs.end()) continue;
+      if (key.rfind(kOptimPrefix, 0) == 0) continue;
       pieces[key].emplace_back(spec->second, tensor);
     }
   }

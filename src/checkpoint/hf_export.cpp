@@ -93,7 +93,8 @@ std::map<std::string, torch::Tensor> load_model_tensors(const std::string& check
   // parameters are allocated but never touched.
   Stage model(config, StagePosition{}, std::make_shared<SoloCommunicator>("tp"));
   std::map<std::string, torch::Tensor> tensors;
-  for (const auto& [name, spec] : model->shard_specs()) {
+  for (const auto& [name, slot] : model->tensors()) {
+    const ShardSpec& spec = slot.spec;
     auto it = saved.find(name);
     if (it == saved.end()) throw CheckpointError("checkpoint " + checkpoint_dir + " has no tensor " + name);
     if (it->second.sizes().vec() != spec.full_shape)

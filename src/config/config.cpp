@@ -1,5 +1,6 @@
 #include "minipretrain/config/config.h"
 
+#include <algorithm>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -58,6 +59,9 @@ void validate_train(const TrainConfig& t) {
           "warmup_ratio must be in [0, 1], got " + str(t.warmup_ratio));
   require(t.device == "auto" || t.device == "cpu" || t.device == "cuda",
           "device must be auto, cpu or cuda, got '" + t.device + "'");
+  require(t.precision == "auto" || t.precision == "fp32" || t.precision == "bf16",
+          "precision must be auto, fp32 or bf16, got '" + t.precision + "'");
+  require(t.recompute == "none" || t.recompute == "full", "recompute must be none or full, got '" + t.recompute + "'");
   require(t.num_threads >= 0, "num_threads must not be negative, got " + std::to_string(t.num_threads));
 }
 
@@ -82,8 +86,25 @@ void validate_layout(const Config& c, int64_t world_size) {
   require(m.intermediate_size % tp == 0,
           "intermediate_size " + std::to_string(m.intermediate_size) +
               " is not divisible by tensor_parallel_size " + std::to_string(tp));
-  require(m.num_layers % pp == 0, "num_layers " + std::to_string(m.num_layers) +
-                                      " is not divisible by pipeline_parallel_size " + std::to_string(pp));
+  const std::vector<int64_t>& split = p.pipeline_layer_split;
+  if (split.empty()) {
+    require(m.num_layers >= pp, "num_layers " + std::to_string(m.num_layers) + " is fewer than pipeline_parallel_size " +
+                                    std::to_string(pp) + ": every stage needs a layer");
+    return;
+  }
+  std::string text;
+  int64_t total = 0;
+  for (int64_t n : split) {
+    text += (text.empty() ? "" : ",") + std::to_string(n);
+    total += n;
+  }
+  require(static_cast<int64_t>(split.size()) == pp, "pipeline_layer_split " + text + " has " +
+                                                        std::to_string(split.size()) + " entries for " +
+                                                        std::to_string(pp) + " pipeline stages");
+  require(std::all_of(split.begin(), split.end(), [](int64_t n) { return n > 0; }),
+          "pipeline_layer_split " + text + ": every stage needs at least one layer");
+  require(total == m.num_layers, "pipeline_layer_split " + text + " adds up to " + std::to_string(total) +
+                                     " layers, the model has num_layers " + std::to_string(m.num_layers));
 }
 
 // DESIGN.md: global = micro x microbatches x DP; an explicit microbatch count
@@ -127,6 +148,39 @@ void Config::resolve(int64_t world_size) {
   data_parallel_size = world_size / (parallel.tensor_parallel_size * parallel.pipeline_parallel_size);
   resolve_batch(*this);
   model.num_key_value_heads = model.kv_heads();
+  if (parallel.pipeline_layer_split.empty())
+    parallel.pipeline_layer_split = balanced_layer_split(model, parallel.pipeline_parallel_size);
+}
+
+// Forward FLOPs per token: a decoder layer's projections and attention
+// against the LM head's GEMM plus a few passes over the logits (softmax and
+// cross-entropy are memory-bound, so each element counts as several FLOPs).
+// The contiguous split that minimizes the costliest stage, by trying every
+// split point in turn (stages and layers are few).
+std::vector<int64_t> balanced_layer_split(const ModelConfig& m, int64_t stages) {
+  const double h = static_cast<double>(m.hidden_size), d = static_cast<double>(m.head_dim());
+  const double layer = 2.0 * (h * (m.num_attention_heads + 2 * m.kv_heads()) * d + m.num_attention_heads * d * h +
+                              3.0 * h * m.intermediate_size) +
+                       4.0 * m.max_seq_length * h;
+  const double head = 2.0 * h * m.vocab_size + 20.0 * m.vocab_size;
+  const int64_t layers = m.num_layers;
+  // best[s][n]: the least possible maximum cost when stages s.. hold the last n layers.
+  std::vector<std::vector<double>> best(stages + 1, std::vector<double>(layers + 1, 1e300));
+  std::vector<std::vector<int64_t>> take(stages + 1, std::vector<int64_t>(layers + 1, 0));
+  best[stages][0] = 0;
+  for (int64_t s = stages - 1; s >= 0; --s)
+    for (int64_t n = 1; n <= layers; ++n)
+      for (int64_t k = 1; k <= n - (stages - 1 - s); ++k) {
+        const double cost = k * layer + (s == stages - 1 ? head : 0.0);
+        const double worst = std::max(cost, best[s + 1][n - k]);
+        if (worst < best[s][n] - 1e-9) {  // ties keep the earlier stages lighter
+          best[s][n] = worst;
+          take[s][n] = k;
+        }
+      }
+  std::vector<int64_t> split;
+  for (int64_t s = 0, n = layers; s < stages; n -= split.back(), ++s) split.push_back(take[s][n]);
+  return split;
 }
 
 nlohmann::json to_json(const Config& config) {

@@ -95,6 +95,34 @@ Field field_for(std::string key, std::string help, std::vector<std::string>& mem
   return f;
 }
 
+// Integers separated by commas on the command line ("7,5"), an array in JSON.
+Field field_for(std::string key, std::string help, std::vector<int64_t>& member) {
+  Field f{key, std::move(help), nullptr, nullptr, nullptr};
+  f.get = [&member] { return json(member); };
+  f.set = [key, &member](const json& v) {
+    const bool ints = v.is_array() && std::all_of(v.begin(), v.end(), [](const json& e) { return e.is_number_integer(); });
+    if (!ints) throw ConfigError(key + " must be a list of integers, got " + type_name(v) + " " + v.dump());
+    member = v.get<std::vector<int64_t>>();
+  };
+  f.parse = [key, &member](const std::string& text) {
+    std::vector<int64_t> values;
+    size_t start = 0;
+    while (start <= text.size()) {
+      const size_t comma = std::min(text.find(',', start), text.size());
+      int64_t value = 0;
+      try {
+        field_for(key, "", value).parse(text.substr(start, comma - start));
+      } catch (const ConfigError&) {
+        throw ConfigError("--" + key + " must be integers separated by commas, e.g. 7,5, got '" + text + "'");
+      }
+      values.push_back(value);
+      start = comma + 1;
+    }
+    member = values;
+  };
+  return f;
+}
+
 }  // namespace
 
 std::string Field::flag() const {
@@ -130,11 +158,17 @@ std::vector<Field> config_fields(Config& c) {
       field_for("device", "auto, cpu or cuda", t.device),
       field_for("num_threads", "intra-op threads per process (0: cores / local processes)", t.num_threads),
       field_for("resume", "checkpoint directory to resume from, or 'auto' for the newest", t.resume),
+      field_for("precision", "fp32, bf16 (fp32 master weights and gradients), or auto: bf16 where the hardware has it",
+                t.precision),
+      field_for("recompute", "none, or full: recompute each decoder layer in backward to save activation memory",
+                t.recompute),
       field_for("dump_first_step", "directory to write step 1's logits and gradients (for layout checks)", t.dump_first_step),
       field_for("tensor_parallel_size", "tensor-parallel ranks", p.tensor_parallel_size),
       field_for("pipeline_parallel_size", "pipeline stages", p.pipeline_parallel_size),
       field_for("num_microbatches", "microbatches per step per data-parallel rank", p.num_microbatches),
       field_for("pipeline_schedule", "gpipe or 1f1b", p.pipeline_schedule),
+      field_for("pipeline_layer_split", "decoder layers per stage, e.g. 7,5 (default: balanced by compute)",
+                p.pipeline_layer_split),
       field_for("dist_timeout", "seconds before a stuck collective fails", p.dist_timeout),
       field_for("ddp_bucket_mb", "MiB of gradients per data-parallel all-reduce (0: one per tensor)", p.ddp_bucket_mb),
       field_for("master_addr", "rendezvous host (default: MASTER_ADDR)", p.master_addr),

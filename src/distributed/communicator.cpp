@@ -1,43 +1,80 @@
 #include "minipretrain/distributed/communicator.h"
 
+#include <chrono>
+
 namespace minipretrain {
 
-void Communicator::count(const std::string& op, const torch::Tensor& tensor) {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+}  // namespace
+
+torch::Tensor Communicator::wire(const torch::Tensor& tensor) const {
+  return tensor.scalar_type() == torch::kBFloat16 && !has_bf16() ? tensor.to(torch::kFloat) : tensor;
+}
+
+void Communicator::count(const std::string& op, const torch::Tensor& wire, double seconds) {
   OpStats& s = stats_[op];
   s.calls += 1;
-  s.bytes += tensor.numel() * static_cast<int64_t>(tensor.element_size());
+  s.bytes += wire.numel() * static_cast<int64_t>(wire.element_size());
+  s.seconds += seconds;
 }
 
 void Communicator::all_reduce(torch::Tensor& tensor, ReduceOp op) {
-  count("all_reduce", tensor);
-  do_all_reduce(tensor, op);
+  const auto start = Clock::now();
+  torch::Tensor sent = wire(tensor);
+  do_all_reduce(sent, op);
+  if (!sent.is_same(tensor)) tensor.copy_(sent);
+  count("all_reduce", sent, seconds_since(start));
 }
 
 torch::Tensor Communicator::all_gather(const torch::Tensor& tensor, int64_t dim) {
-  count("all_gather", tensor);
-  return do_all_gather(tensor, dim);
+  const auto start = Clock::now();
+  const torch::Tensor sent = wire(tensor);
+  torch::Tensor out = do_all_gather(sent, dim).to(tensor.scalar_type());
+  count("all_gather", sent, seconds_since(start));
+  return out;
 }
 
 torch::Tensor Communicator::reduce_scatter(const torch::Tensor& tensor) {
   TORCH_CHECK(tensor.size(0) % size_ == 0, "reduce_scatter: dim 0 of size ", tensor.size(0),
               " does not divide over ", size_, " ranks");
-  count("reduce_scatter", tensor);
-  return do_reduce_scatter(tensor);
+  const auto start = Clock::now();
+  const torch::Tensor sent = wire(tensor);
+  torch::Tensor out = do_reduce_scatter(sent).to(tensor.scalar_type());
+  count("reduce_scatter", sent, seconds_since(start));
+  return out;
 }
 
 void Communicator::broadcast(torch::Tensor& tensor, int root) {
-  count("broadcast", tensor);
-  do_broadcast(tensor, root);
+  const auto start = Clock::now();
+  torch::Tensor sent = wire(tensor);
+  do_broadcast(sent, root);
+  if (!sent.is_same(tensor)) tensor.copy_(sent);
+  count("broadcast", sent, seconds_since(start));
 }
 
 std::unique_ptr<SendHandle> Communicator::isend(const torch::Tensor& tensor, int dst, int tag) {
-  count("send", tensor);
-  return do_isend(tensor, dst, tag);
+  const auto start = Clock::now();
+  const torch::Tensor sent = wire(tensor);
+  auto handle = do_isend(sent, dst, tag);
+  count("send", sent, seconds_since(start));
+  return handle;
 }
 
 void Communicator::recv(torch::Tensor& tensor, int src, int tag) {
-  count("recv", tensor);
-  do_recv(tensor, src, tag);
+  const auto start = Clock::now();
+  torch::Tensor received = tensor.scalar_type() == torch::kBFloat16 && !has_bf16()
+                               ? torch::empty(tensor.sizes(), tensor.options().dtype(torch::kFloat))
+                               : tensor;
+  do_recv(received, src, tag);
+  if (!received.is_same(tensor)) tensor.copy_(received);
+  count("recv", received, seconds_since(start));
 }
 
 void Communicator::barrier() {

@@ -40,9 +40,10 @@ Stage load_for_inference(const std::string& checkpoint_dir, ModelConfig* config_
   const std::map<std::string, torch::Tensor> tensors = load_model_tensors(checkpoint_dir, config);
   Stage model(config, StagePosition{}, std::make_shared<SoloCommunicator>("tp"));
   torch::NoGradGuard no_grad;
-  // With TP = 1 every parameter is its full tensor, whose shape
-  // load_model_tensors has checked.
-  for (auto& p : model->named_parameters()) p.value().copy_(tensors.at(p.key()));
+  // With TP = 1 every slot is a full tensor, whose shape load_model_tensors
+  // has checked.
+  const auto parameters = model->named_parameters();
+  for (const auto& [name, slot] : model->tensors()) slot.of(parameters[slot.parameter]).copy_(tensors.at(name));
   if (config_out) *config_out = config;
   return model;
 }

@@ -6,6 +6,8 @@
 
 namespace minipretrain {
 
+using Outputs = std::vector<std::pair<std::string, int64_t>>;  // the parts of a fused column-parallel GEMM
+
 RMSNormImpl::RMSNormImpl(int64_t hidden_size, double eps) : eps_(eps) {
   weight = register_parameter("weight", torch::ones({hidden_size}));
 }
@@ -30,22 +32,34 @@ void RotaryEmbedding::to(const torch::Device& device) {
   sin_ = sin_.to(device);
 }
 
+// The tables follow x's dtype, as in HF: bf16 activations stay bf16. The two
+// halves come from unbind, not narrow, so backward stacks them instead of
+// scattering each into a zeroed full-size gradient.
 torch::Tensor RotaryEmbedding::apply(const torch::Tensor& x) const {
   const int64_t seq = x.size(2), half = x.size(3) / 2;
-  torch::Tensor rotated = torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
-  return x * cos_.narrow(0, 0, seq) + rotated * sin_.narrow(0, 0, seq);
+  const torch::Tensor cos = cos_.narrow(0, 0, seq).narrow(1, 0, half).to(x.scalar_type());
+  const torch::Tensor sin = sin_.narrow(0, 0, seq).narrow(1, 0, half).to(x.scalar_type());
+  const std::vector<torch::Tensor> halves = x.unflatten(-1, {2, half}).unbind(-2);
+  const torch::Tensor& x1 = halves[0];
+  const torch::Tensor& x2 = halves[1];
+  return torch::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
 }
 
+// The query heads of one kv head are consecutive, so [batch, heads, seq, d]
+// views as [batch, kv_heads, group * seq, d]: one GEMM per kv head scores all
+// of its query heads, and row r is position r % seq. The causal mask is added
+// by the GEMM itself (baddbmm), not by a pass of its own.
 torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
-#if TORCH_VERSION_MAJOR >= 2
-  return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
-#else
-  const int64_t seq = q.size(2);
-  torch::Tensor scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(q.size(-1)));
-  torch::Tensor future = torch::ones({seq, seq}, q.options().dtype(torch::kBool)).triu(1);
-  scores = scores.masked_fill(future, -INFINITY);
-  return torch::matmul(torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type()), v);
-#endif
+  const int64_t batch = q.size(0), heads = q.size(1), seq = q.size(2), dim = q.size(3);
+  const int64_t kv_heads = k.size(1), group = heads / kv_heads;
+  const torch::Tensor queries = q.reshape({batch * kv_heads, group * seq, dim});
+  const torch::Tensor keys = k.reshape({batch * kv_heads, seq, dim});
+  const torch::Tensor values = v.reshape({batch * kv_heads, seq, dim});
+  const torch::Tensor mask = torch::full({seq, seq}, -INFINITY, q.options()).triu(1).repeat({group, 1});
+  const torch::Tensor scores =
+      torch::baddbmm(mask, queries, keys.transpose(1, 2), 1.0, 1.0 / std::sqrt(static_cast<double>(dim)));
+  const torch::Tensor probs = torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
+  return torch::bmm(probs, values).view({batch, heads, seq, dim});
 }
 
 AttentionImpl::AttentionImpl(const ModelConfig& c, std::shared_ptr<Communicator> tp)
@@ -54,37 +68,36 @@ AttentionImpl::AttentionImpl(const ModelConfig& c, std::shared_ptr<Communicator>
       local_kv_heads_(c.kv_heads() / tp_->size()),
       head_dim_(c.head_dim()) {
   const int64_t h = c.hidden_size, d = head_dim_;
-  q_proj = register_module("q_proj", ColumnParallelLinear(h, c.num_attention_heads * d, *tp_));
-  k_proj = register_module("k_proj", ColumnParallelLinear(h, c.kv_heads() * d, *tp_));
-  v_proj = register_module("v_proj", ColumnParallelLinear(h, c.kv_heads() * d, *tp_));
+  qkv_proj = register_module(
+      "qkv_proj",
+      ColumnParallelLinear(h, Outputs{{"q_proj", c.num_attention_heads * d}, {"k_proj", c.kv_heads() * d},
+                                      {"v_proj", c.kv_heads() * d}},
+                           *tp_));
   o_proj = register_module("o_proj", RowParallelLinear(c.num_attention_heads * d, h, *tp_));
 }
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const RotaryEmbedding& rope) {
   const int64_t batch = x.size(0), seq = x.size(1);
-  torch::Tensor shared = copy_to_tp(x, *tp_);
-  auto heads = [&](const torch::Tensor& t, int64_t n) { return t.view({batch, seq, n, head_dim_}).transpose(1, 2); };
-  torch::Tensor q = rope.apply(heads(q_proj(shared), local_heads_));
-  torch::Tensor k = rope.apply(heads(k_proj(shared), local_kv_heads_));
-  torch::Tensor v = heads(v_proj(shared), local_kv_heads_);
-  const int64_t group = local_heads_ / local_kv_heads_;
-  if (group > 1) {
-    k = k.repeat_interleave(group, 1);
-    v = v.repeat_interleave(group, 1);
-  }
+  const std::vector<torch::Tensor> qkv = qkv_proj->split(qkv_proj(copy_to_tp(x, *tp_)));
+  auto heads = [&](const torch::Tensor& t, int64_t n) { return t.reshape({batch, seq, n, head_dim_}).transpose(1, 2); };
+  torch::Tensor q = rope.apply(heads(qkv[0], local_heads_));
+  torch::Tensor k = rope.apply(heads(qkv[1], local_kv_heads_));
+  torch::Tensor v = heads(qkv[2], local_kv_heads_);
   torch::Tensor out = causal_attention(q, k, v).transpose(1, 2).reshape({batch, seq, local_heads_ * head_dim_});
   return reduce_from_tp(o_proj(out), *tp_);
 }
 
 MLPImpl::MLPImpl(const ModelConfig& c, std::shared_ptr<Communicator> tp) : tp_(std::move(tp)) {
-  gate_proj = register_module("gate_proj", ColumnParallelLinear(c.hidden_size, c.intermediate_size, *tp_));
-  up_proj = register_module("up_proj", ColumnParallelLinear(c.hidden_size, c.intermediate_size, *tp_));
+  gate_up_proj = register_module(
+      "gate_up_proj",
+      ColumnParallelLinear(c.hidden_size, Outputs{{"gate_proj", c.intermediate_size}, {"up_proj", c.intermediate_size}},
+                           *tp_));
   down_proj = register_module("down_proj", RowParallelLinear(c.intermediate_size, c.hidden_size, *tp_));
 }
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
-  torch::Tensor shared = copy_to_tp(x, *tp_);
-  return reduce_from_tp(down_proj(torch::silu(gate_proj(shared)) * up_proj(shared)), *tp_);
+  const std::vector<torch::Tensor> gate_up = gate_up_proj->split(gate_up_proj(copy_to_tp(x, *tp_)));
+  return reduce_from_tp(down_proj(torch::silu(gate_up[0]) * gate_up[1]), *tp_);
 }
 
 DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, std::shared_ptr<Communicator> tp) {

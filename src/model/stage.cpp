@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "minipretrain/model/recompute.h"
 #include "minipretrain/parallel/cross_entropy.h"
 #include "minipretrain/parallel/regions.h"
 
@@ -22,55 +23,112 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+uint64_t mix(uint64_t x) {  // splitmix64's finalizer
+  x += 0x9E3779B97F4A7C15ULL;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
 // Llama-style init: N(0, std) everywhere, the projections that write into the
 // residual stream scaled by 1/sqrt(2 * layers) (GPT-2), norm weights one.
-torch::Tensor full_initial_value(const std::string& name, const std::vector<int64_t>& shape, int64_t seed,
-                                 const ModelConfig& c) {
-  if (ends_with(name, "norm.weight")) return torch::ones(shape);
+double initial_std(const std::string& name, const ModelConfig& c) {
   double std = c.init_std;
   if (ends_with(name, "o_proj.weight") || ends_with(name, "down_proj.weight"))
     std /= std::sqrt(2.0 * static_cast<double>(c.num_layers));
-  auto generator = at::detail::createCPUGenerator(static_cast<uint64_t>(seed) * 0x9E3779B97F4A7C15ULL ^ hash_name(name));
-  return torch::randn(shape, generator) * std;
+  return std;
+}
+
+// A full random matrix is drawn in tiles of kTile rows, or of kTile columns
+// when it is sharded by columns, each tile from its own generator seeded by
+// (seed, name, tile). So the full tensor depends on (seed, name) only, yet a
+// rank draws just the tiles its shard overlaps: start-up shrinks with TP and PP.
+constexpr int64_t kTile = 64;
+
+struct TileJob {
+  torch::Tensor out;  // this rank's slot
+  const ShardSpec* spec;
+  uint64_t seed;      // of the tensor; the tile index is mixed in
+  double std;
+  int64_t tile;
+};
+
+void draw_tile(const TileJob& job) {
+  const ShardSpec& spec = *job.spec;
+  const int64_t along = spec.dim == 1 ? 1 : 0, across = 1 - along;
+  const int64_t length = spec.full_shape[along], width = spec.full_shape[across];
+  const int64_t begin = job.tile * kTile, end = std::min(begin + kTile, length);
+  const int64_t local_begin = spec.dim == along ? spec.offset : 0;
+  const int64_t local_end = std::min(local_begin + job.out.size(along), length);
+  const int64_t a = std::max(begin, local_begin), b = std::min(end, local_end);
+  if (a >= b) return;
+  auto generator = at::detail::createCPUGenerator(mix(job.seed ^ mix(static_cast<uint64_t>(job.tile))));
+  torch::Tensor tile = torch::randn({end - begin, width}, generator).mul_(job.std);
+  if (along == 1) tile = tile.t();
+  job.out.narrow(along, a - local_begin, b - a).copy_(tile.narrow(along, a - begin, b - a));
 }
 
 }  // namespace
+
+StagePosition StagePosition::of(const std::vector<int64_t>& split, int64_t stage) {
+  StagePosition p{stage, static_cast<int64_t>(split.size()), 0, split.at(stage)};
+  for (int64_t s = 0; s < stage; ++s) p.first_layer += split[s];
+  return p;
+}
 
 StageImpl::StageImpl(const ModelConfig& c, StagePosition position, std::shared_ptr<Communicator> tp)
     : config_(c),
       position_(position),
       tp_(std::move(tp)),
       rope_(c.head_dim(), c.max_seq_length, c.rope_theta) {
-  const int64_t per_stage = c.num_layers / position.num_stages;
-  first_layer_ = position.stage * per_stage;
+  if (position_.num_layers < 0) position_.num_layers = c.num_layers;
 
   auto model = register_module("model", std::make_shared<torch::nn::Module>());
-  if (position.first())
+  if (position_.first())
     embed_tokens_ = model->register_module("embed_tokens", VocabParallelEmbedding(c.vocab_size, c.hidden_size, tp_));
   auto layers = model->register_module("layers", std::make_shared<torch::nn::Module>());
-  for (int64_t i = first_layer_; i < first_layer_ + per_stage; ++i)
+  for (int64_t i = position_.first_layer; i < position_.first_layer + position_.num_layers; ++i)
     layers_.push_back(layers->register_module(std::to_string(i), DecoderLayer(c, tp_)));
-  if (position.last()) {
+  if (position_.last()) {
     norm_ = model->register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
     lm_head_ = register_module("lm_head", ColumnParallelLinear(c.hidden_size, c.vocab_size, *tp_));
   }
 
+  // A fused module "a.qkv_proj" holds "a.q_proj.weight", "a.k_proj.weight", ...
   for (const auto& item : named_modules("", /*include_self=*/false)) {
-    auto* sharded = dynamic_cast<ShardedWeight*>(item.value().get());
-    if (sharded) specs_[item.key() + ".weight"] = sharded->weight_spec();
+    const auto* sharded = dynamic_cast<const ShardedWeight*>(item.value().get());
+    if (!sharded) continue;
+    const std::string& module = item.key();
+    const std::string parent = module.substr(0, module.rfind('.') + 1);
+    for (const WeightPart& part : sharded->weight_parts()) {
+      const std::string name = (part.name.empty() ? module : parent + part.name) + ".weight";
+      tensors_[name] = TensorSlot{module + ".weight", part.spec, part.row, part.rows};
+    }
   }
   for (const auto& p : named_parameters())
-    if (!specs_.count(p.key())) specs_[p.key()] = ShardSpec{-1, p.value().sizes().vec(), 0};
+    if (!tensors_.count(p.key()) && p.value().dim() == 1)  // norm weights: replicated
+      tensors_[p.key()] = TensorSlot{p.key(), ShardSpec{-1, p.value().sizes().vec(), 0}, 0, p.value().size(0)};
 }
 
 void StageImpl::initialize(int64_t seed) {
   torch::NoGradGuard no_grad;
-  for (auto& p : named_parameters()) {
-    const ShardSpec& spec = specs_.at(p.key());
-    torch::Tensor full = full_initial_value(p.key(), spec.full_shape, seed, config_);
-    const int64_t length = spec.sharded() ? p.value().size(spec.dim) : 0;
-    p.value().copy_(take_shard(full, spec, length));
+  const auto parameters = named_parameters();
+  std::vector<TileJob> jobs;
+  for (const auto& [name, slot] : tensors_) {
+    torch::Tensor out = slot.of(parameters[slot.parameter]);
+    if (ends_with(name, "norm.weight")) {
+      out.fill_(1.0);
+      continue;
+    }
+    out.zero_();  // TP padding rows stay zero
+    const int64_t along = slot.spec.dim == 1 ? 1 : 0;
+    const uint64_t tensor_seed = mix(static_cast<uint64_t>(seed) ^ hash_name(name));
+    for (int64_t t = 0; t * kTile < slot.spec.full_shape[along]; ++t)
+      jobs.push_back({out, &slot.spec, tensor_seed, initial_std(name, config_), t});
   }
+  at::parallel_for(0, static_cast<int64_t>(jobs.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) draw_tile(jobs[i]);
+  });
 }
 
 void StageImpl::to_device(const torch::Device& device) {
@@ -78,17 +136,22 @@ void StageImpl::to_device(const torch::Device& device) {
   rope_.to(device);
 }
 
+torch::TensorOptions StageImpl::activation_options() const {
+  return parameters().front().options().requires_grad(false);
+}
+
 torch::Tensor StageImpl::forward(const torch::Tensor& input) {
   torch::Tensor x = position_.first() ? embed_tokens_(input) : input;
-  for (auto& layer : layers_) x = layer(x, rope_);
+  for (auto& layer : layers_) x = recompute_ && torch::GradMode::is_enabled() ? recomputed_layer(*layer, x, rope_) : layer(x, rope_);
   if (!position_.last()) return x;
   return lm_head_(copy_to_tp(norm_(x), *tp_));
 }
 
 torch::Tensor StageImpl::loss(const torch::Tensor& logits_local, const torch::Tensor& targets) {
   const int64_t local = logits_local.size(-1);
-  torch::Tensor per_token = vocab_parallel_cross_entropy(logits_local.reshape({-1, local}), targets.reshape({-1}),
-                                                         lm_head_->weight_spec().offset, config_.vocab_size, *tp_);
+  torch::Tensor per_token =
+      vocab_parallel_cross_entropy(logits_local.reshape({-1, local}), targets.reshape({-1}),
+                                   lm_head_->weight_parts()[0].spec.offset, config_.vocab_size, *tp_);
   return per_token.mean();
 }
 

@@ -16,7 +16,7 @@ double seconds_since(Clock::time_point start) {
 
 }  // namespace
 
-PipelineExecutor::PipelineExecutor(Stage stage, Communicator& pp, std::vector<int64_t> activation_shape)
+PipelineExecutor::PipelineExecutor(std::shared_ptr<PipelineStage> stage, Communicator& pp, std::vector<int64_t> activation_shape)
     : stage_(std::move(stage)), pp_(pp), activation_shape_(std::move(activation_shape)) {}
 
 StepResult PipelineExecutor::run(const std::vector<Action>& actions, const std::vector<Microbatch>& microbatches) {
@@ -45,39 +45,37 @@ StepResult PipelineExecutor::evaluate(const std::vector<Microbatch>& microbatche
 }
 
 void PipelineExecutor::forward(int64_t m, const std::vector<Microbatch>& microbatches, StepResult& result) {
-  const StagePosition& pos = stage_->position();
-  const auto& parameters = stage_->parameters();
   torch::Tensor input = microbatches.at(m).input_ids;
-  if (!pos.first()) {
-    input = torch::empty(activation_shape_, parameters.front().options());
-    pp_.recv(input, static_cast<int>(pos.stage - 1), kForwardTag);
-    input.requires_grad_(true);
+  if (!stage_->is_first()) {
+    input = torch::empty(activation_shape_, stage_->activation_options());
+    pp_.recv(input, static_cast<int>(stage_->index() - 1), kForwardTag);
+    input.requires_grad_(torch::GradMode::is_enabled());
   }
   const auto start = Clock::now();
   torch::Tensor output = stage_->forward(input);
-  if (pos.last()) {
+  if (stage_->is_last()) {
     if (on_logits) on_logits(m, output.detach());
     output = stage_->loss(output, microbatches.at(m).targets) / static_cast<double>(microbatches.size());
     result.loss += output.item<double>();
   }
-  result.busy_seconds += seconds_since(start);
-  if (!pos.last()) sends_.push_back(pp_.isend(output.detach(), static_cast<int>(pos.stage + 1), kForwardTag));
+  result.forward_seconds += seconds_since(start);
+  if (!stage_->is_last()) sends_.push_back(pp_.isend(output.detach(), static_cast<int>(stage_->index() + 1), kForwardTag));
   in_flight_[m] = {input, output};
 }
 
 void PipelineExecutor::backward(int64_t m, StepResult& result) {
-  const StagePosition& pos = stage_->position();
   auto [input, output] = in_flight_.at(m);
   in_flight_.erase(m);
   torch::Tensor grad;
-  if (!pos.last()) {
+  if (!stage_->is_last()) {
     grad = torch::empty_like(output);
-    pp_.recv(grad, static_cast<int>(pos.stage + 1), kBackwardTag);
+    pp_.recv(grad, static_cast<int>(stage_->index() + 1), kBackwardTag);
   }
   const auto start = Clock::now();
   output.backward(grad);
-  result.busy_seconds += seconds_since(start);
-  if (!pos.first()) sends_.push_back(pp_.isend(input.grad(), static_cast<int>(pos.stage - 1), kBackwardTag));
+  if (after_backward) after_backward();
+  result.backward_seconds += seconds_since(start);
+  if (!stage_->is_first()) sends_.push_back(pp_.isend(input.grad(), static_cast<int>(stage_->index() - 1), kBackwardTag));
 }
 
 }  // namespace minipretrain

@@ -1,4 +1,5 @@
 // The optimizer, its learning-rate schedule and gradient clipping.
+#include <algorithm>
 #include <cmath>
 
 #include "minipretrain/train/adamw.h"
@@ -7,55 +8,57 @@
 
 namespace minipretrain {
 
-AdamW::AdamW(std::vector<std::pair<std::string, torch::Tensor>> parameters, AdamWOptions options)
-    : options_(options) {
-  for (auto& [name, p] : parameters)
-    slots_.push_back({name, p, torch::zeros_like(p), torch::zeros_like(p), p.dim() >= 2});
+namespace {
+
+constexpr int64_t kGrain = 1 << 15;  // elements per task: large enough to amortize, small enough to balance
+
+float* floats(const torch::Tensor& t, const char* what) {
+  TORCH_CHECK(t.scalar_type() == torch::kFloat && t.is_contiguous() && t.device().is_cpu(), "AdamW: ", what,
+              " must be a contiguous fp32 CPU tensor");
+  return t.data_ptr<float>();
 }
 
-void AdamW::step(double lr) {
+}  // namespace
+
+AdamW::AdamW(std::vector<torch::Tensor> parameters, AdamWOptions options) : options_(options) {
+  for (auto& p : parameters) slots_.push_back({p, torch::zeros_like(p), torch::zeros_like(p), p.dim() >= 2});
+}
+
+void AdamW::step(double lr, const std::vector<torch::Tensor>& grads, double grad_scale) {
+  TORCH_CHECK(grads.size() == slots_.size(), "AdamW: ", grads.size(), " gradients for ", slots_.size(), " parameters");
   torch::NoGradGuard no_grad;
   ++steps_;
   const double correction1 = 1.0 - std::pow(options_.beta1, static_cast<double>(steps_));
   const double correction2 = 1.0 - std::pow(options_.beta2, static_cast<double>(steps_));
-  for (Slot& s : slots_) {
-    torch::Tensor grad = s.param.grad();
-    if (!grad.defined()) continue;
-    if (s.decay && options_.weight_decay > 0) s.param.mul_(1.0 - lr * options_.weight_decay);
-    s.exp_avg.mul_(options_.beta1).add_(grad, 1.0 - options_.beta1);
-    s.exp_avg_sq.mul_(options_.beta2).addcmul_(grad, grad, 1.0 - options_.beta2);
-    torch::Tensor denom = (s.exp_avg_sq / correction2).sqrt_().add_(options_.eps);
-    s.param.addcdiv_(s.exp_avg, denom, -lr / correction1);
+  const float b1 = static_cast<float>(options_.beta1), b2 = static_cast<float>(options_.beta2);
+  const float scale = static_cast<float>(grad_scale), step_size = static_cast<float>(lr / correction1);
+  const float inv_sqrt_c2 = static_cast<float>(1.0 / std::sqrt(correction2)), eps = static_cast<float>(options_.eps);
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    Slot& s = slots_[i];
+    if (s.param.device().is_cuda()) {  // the same update in tensor ops
+      const torch::Tensor g = grads[i] * grad_scale;
+      if (s.decay && options_.weight_decay > 0) s.param.mul_(1.0 - lr * options_.weight_decay);
+      s.exp_avg.mul_(b1).add_(g, 1.0 - b1);
+      s.exp_avg_sq.mul_(b2).addcmul_(g, g, 1.0 - b2);
+      s.param.addcdiv_(s.exp_avg, s.exp_avg_sq.sqrt().mul_(inv_sqrt_c2).add_(eps), -step_size);
+      continue;
+    }
+    float* p = floats(s.param, "a parameter");
+    float* m = floats(s.exp_avg, "exp_avg");
+    float* v = floats(s.exp_avg_sq, "exp_avg_sq");
+    const float* g = floats(grads[i], "a gradient");
+    const float decay = s.decay ? static_cast<float>(1.0 - lr * options_.weight_decay) : 1.0f;
+    at::parallel_for(0, s.param.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) {
+        const float grad = g[j] * scale;
+        const float mj = b1 * m[j] + (1.0f - b1) * grad;
+        const float vj = b2 * v[j] + (1.0f - b2) * grad * grad;
+        m[j] = mj;
+        v[j] = vj;
+        p[j] = p[j] * decay - step_size * mj / (std::sqrt(vj) * inv_sqrt_c2 + eps);
+      }
+    });
   }
-}
-
-void AdamW::zero_grad() {
-  for (Slot& s : slots_)
-    if (s.param.grad().defined()) s.param.mutable_grad().zero_();
-}
-
-std::map<std::string, torch::Tensor> AdamW::state() const {
-  std::map<std::string, torch::Tensor> out;
-  for (const Slot& s : slots_) {
-    out["exp_avg." + s.name] = s.exp_avg;
-    out["exp_avg_sq." + s.name] = s.exp_avg_sq;
-  }
-  out["step"] = torch::tensor(steps_, torch::kLong);
-  return out;
-}
-
-void AdamW::load_state(const std::map<std::string, torch::Tensor>& state) {
-  torch::NoGradGuard no_grad;
-  auto get = [&](const std::string& key) -> const torch::Tensor& {
-    auto it = state.find(key);
-    if (it == state.end()) throw std::runtime_error("optimizer state has no '" + key + "'");
-    return it->second;
-  };
-  for (Slot& s : slots_) {
-    s.exp_avg.copy_(get("exp_avg." + s.name));
-    s.exp_avg_sq.copy_(get("exp_avg_sq." + s.name));
-  }
-  steps_ = get("step").item<int64_t>();
 }
 
 LRSchedule::LRSchedule(double peak, double min_lr, double warmup_ratio, int64_t max_steps)
@@ -67,26 +70,39 @@ double LRSchedule::at(int64_t step) const {
   return min_lr_ + 0.5 * (peak_ - min_lr_) * (1.0 + std::cos(M_PI * std::min(progress, 1.0)));
 }
 
-double clip_grad_norm(const std::vector<std::pair<std::string, torch::Tensor>>& parameters,
-                      const std::map<std::string, ShardSpec>& specs, double max_norm, Communicator& tp,
-                      Communicator& pp) {
+double global_grad_norm(const std::vector<torch::Tensor>& grads, const std::vector<bool>& counted, Communicator& tp,
+                        Communicator& pp) {
   torch::NoGradGuard no_grad;
-  torch::Tensor sum_sq = torch::zeros({1}, torch::TensorOptions().dtype(torch::kDouble));
-  for (const auto& [name, p] : parameters) {
-    if (!p.grad().defined()) continue;
-    if (!specs.at(name).sharded() && tp.rank() != 0) continue;
-    sum_sq += p.grad().to(torch::kDouble).pow(2).sum().cpu();
+  double total = 0.0;
+  for (size_t i = 0; i < grads.size(); ++i) {
+    if (!counted[i]) continue;
+    const torch::Tensor& grad = grads[i];
+    if (!grad.device().is_cpu()) {
+      total += grad.pow(2).sum(torch::kDouble).item<double>();
+      continue;
+    }
+    const float* g = floats(grad, "a gradient");
+    // One partial sum per fixed chunk, added in chunk order: the same result for any thread count.
+    const int64_t n = grad.numel(), chunks = (n + kGrain - 1) / kGrain;
+    std::vector<double> partial(chunks, 0.0);
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        double sum = 0.0;
+        for (int64_t j = c * kGrain; j < std::min(n, (c + 1) * kGrain); ++j) sum += static_cast<double>(g[j]) * g[j];
+        partial[c] = sum;
+      }
+    });
+    for (double p : partial) total += p;
   }
-  sum_sq = sum_sq.to(parameters.front().second.device());
+  torch::Tensor sum_sq = torch::tensor({total}, torch::kDouble);
+  if (!grads.empty()) sum_sq = sum_sq.to(grads.front().device());
   tp.all_reduce(sum_sq, ReduceOp::Sum);
   pp.all_reduce(sum_sq, ReduceOp::Sum);
-  const double norm = std::sqrt(sum_sq.item<double>());
-  if (max_norm > 0 && norm > max_norm) {
-    const double scale = max_norm / (norm + 1e-6);
-    for (const auto& entry : parameters)
-      if (entry.second.grad().defined()) entry.second.grad().mul_(scale);
-  }
-  return norm;
+  return std::sqrt(sum_sq.item<double>());
+}
+
+double clip_factor(double norm, double max_norm) {
+  return max_norm > 0 && norm > max_norm ? max_norm / (norm + 1e-6) : 1.0;
 }
 
 }  // namespace minipretrain

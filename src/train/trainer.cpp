@@ -11,15 +11,13 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::vector<std::pair<std::string, torch::Tensor>> named(const Stage& stage) {
-  std::vector<std::pair<std::string, torch::Tensor>> out;
-  for (const auto& p : stage->named_parameters()) out.emplace_back(p.key(), p.value());
-  return out;
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
 nlohmann::json stats_json(const Communicator& comm) {
   nlohmann::json out = nlohmann::json::object();
-  for (const auto& [op, s] : comm.stats()) out[op] = {{"calls", s.calls}, {"bytes", s.bytes}};
+  for (const auto& [op, s] : comm.stats()) out[op] = {{"calls", s.calls}, {"bytes", s.bytes}, {"seconds", s.seconds}};
   return out;
 }
 
@@ -31,27 +29,46 @@ Trainer::Trainer(Config config, ParallelState& parallel, torch::Device device)
       device_(device),
       schedule_(config_.train.learning_rate, config_.train.min_lr, config_.train.warmup_ratio, config_.train.max_steps) {
   const Layout& layout = parallel_.layout();
-  stage_ = Stage(config_.model, StagePosition{parallel_.coords().pp, layout.pp}, parallel_.tp_ptr());
+  stage_ = Stage(config_.model, StagePosition::of(config_.parallel.pipeline_layer_split, parallel_.coords().pp),
+                 parallel_.tp_ptr());
   stage_->initialize(config_.train.seed);
   stage_->to_device(device_);
+  stage_->set_recompute(config_.train.recompute == "full");
 
+  std::vector<std::pair<std::string, torch::Tensor>> parameters;
+  for (const auto& p : stage_->named_parameters()) parameters.emplace_back(p.key(), p.value());
+  main_ = std::make_unique<MainParams>(parameters, resolve_precision(config_.train.precision, device_));
+  std::map<std::string, bool> sharded;
+  for (const auto& [name, slot] : stage_->tensors()) sharded[slot.parameter] = slot.spec.sharded();
+  std::vector<torch::Tensor> masters;
+  std::vector<int64_t> sizes;
+  for (const MainParams::Entry& e : main_->entries()) {
+    entry_of_[e.name] = masters.size();
+    masters.push_back(e.master);
+    grads_.push_back(e.grad);
+    sizes.push_back(e.grad.numel());
+    counted_in_norm_.push_back(sharded.at(e.name) || parallel_.coords().tp == 0);
+  }
   AdamWOptions options;
   options.weight_decay = config_.train.weight_decay;
-  optimizer_ = std::make_unique<AdamW>(named(stage_), options);
-  buckets_ = std::make_unique<GradientBuckets>(stage_->parameters(), config_.parallel.ddp_bucket_mb << 20);
+  optimizer_ = std::make_unique<AdamW>(masters, options);
+  buckets_ = std::make_unique<GradientBuckets>(main_->flat_grad(), sizes, config_.parallel.ddp_bucket_mb << 20);
 
   data_ = make_datasets(config_);
   sampler_ = std::make_unique<GlobalBatchSampler>(data_.train->num_samples(), config_.global_batch(), config_.train.seed);
 
   actions_ = make_schedule(config_.parallel.pipeline_schedule, layout.pp, parallel_.coords().pp, config_.microbatches());
   executor_ = std::make_unique<PipelineExecutor>(
-      stage_, parallel_.pp(),
+      stage_.ptr(), parallel_.pp(),
       std::vector<int64_t>{config_.train.micro_batch_size, config_.model.max_seq_length, config_.model.hidden_size});
   if (!config_.train.dump_first_step.empty())
     executor_->on_logits = [this](int64_t m, const torch::Tensor& logits) {
-      if (m == 0 && !first_logits_.defined()) first_logits_ = logits.clone();
+      if (m == 0 && !first_logits_.defined()) first_logits_ = logits.to(torch::kFloat);
     };
+  executor_->after_backward = [this] { main_->accumulate(); };
 }
+
+const char* Trainer::precision_name() const { return main_->compute_dtype() == torch::kFloat ? "fp32" : "bf16"; }
 
 std::vector<Microbatch> Trainer::microbatches(const TokenDataset& data, const std::vector<int64_t>& indices) const {
   const int64_t rows_per_rank = config_.global_batch() / parallel_.layout().dp;
@@ -68,19 +85,37 @@ std::vector<Microbatch> Trainer::microbatches(const TokenDataset& data, const st
 
 Trainer::StepStats Trainer::train_step(int64_t step) {
   const auto start = Clock::now();
-  optimizer_->zero_grad();
+  main_->zero_grad();
   StepResult result = executor_->run(actions_, microbatches(*data_.train, sampler_->indices(step)));
+  main_->finish_accumulation();
+  const auto dp_start = Clock::now();
   buckets_->all_reduce_mean(parallel_.dp());
+  const double dp_seconds = seconds_since(dp_start);
   if (step == 1 && !config_.train.dump_first_step.empty()) dump_first_step();
-  const double grad_norm = clip_grad_norm(named(stage_), stage_->shard_specs(), config_.train.grad_clip,
-                                          parallel_.tp(), parallel_.pp());
+  const auto optimizer_start = Clock::now();
+  const double grad_norm = global_grad_norm(grads_, counted_in_norm_, parallel_.tp(), parallel_.pp());
   const double lr = schedule_.at(step);
-  optimizer_->step(lr);
+  optimizer_->step(lr, grads_, clip_factor(grad_norm, config_.train.grad_clip));
+  main_->copy_to_model();
+  const double optimizer_seconds = seconds_since(optimizer_start);
 
   const double loss = global_loss(result.loss);
-  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  const double bubble = result.total_seconds > 0 ? 1.0 - result.busy_seconds / result.total_seconds : 0.0;
-  return {loss, grad_norm, lr, seconds, bubble};
+  const double seconds = seconds_since(start);
+  const double bubble = result.total_seconds > 0 ? 1.0 - result.busy_seconds() / result.total_seconds : 0.0;
+  return {loss,       grad_norm, lr, seconds, bubble, result.forward_seconds, result.backward_seconds,
+          dp_seconds, optimizer_seconds};
+}
+
+NamedState Trainer::checkpoint_state() {
+  NamedState state;
+  for (const auto& [name, slot] : stage_->tensors()) {
+    const size_t i = entry_of_.at(slot.parameter);
+    state["model/" + name] = {slot.of(main_->entries()[i].master), slot.spec};
+    state["optim/exp_avg." + name] = {slot.of(optimizer_->exp_avg(i)), slot.spec};
+    state["optim/exp_avg_sq." + name] = {slot.of(optimizer_->exp_avg_sq(i)), slot.spec};
+  }
+  state["optim/step"] = {step_count_, std::nullopt};
+  return state;
 }
 
 // The last stage knows the loss of its DP rank's rows; one tiny all-reduce
@@ -134,8 +169,9 @@ void Trainer::run() {
     if (data_.valid && (step % config_.data.eval_interval == 0 || step == max_steps)) evaluate(step);
     const bool exiting = config_.log.exit_interval > 0 && step % config_.log.exit_interval == 0;
     if (step % config_.log.save_interval == 0 || step == max_steps || exiting) {
-      const std::string dir = save_checkpoint(config_.log.output_dir, {step, step * config_.global_batch()}, stage_,
-                                              *optimizer_, config_, parallel_);
+      step_count_.fill_(optimizer_->steps_taken());
+      const std::string dir =
+          save_checkpoint(config_.log.output_dir, {step, step * config_.global_batch()}, checkpoint_state(), config_, parallel_);
       if (parallel_.is_logging_rank()) spdlog::info("Saved checkpoint {}", dir);
     }
     if (exiting && step < max_steps) {
@@ -156,7 +192,9 @@ void Trainer::resume() {
       return;
     }
   }
-  TrainingProgress progress = load_checkpoint(dir, stage_, *optimizer_, config_, parallel_);
+  TrainingProgress progress = load_checkpoint(dir, checkpoint_state(), config_, parallel_);
+  optimizer_->set_steps_taken(step_count_.item<int64_t>());
+  main_->copy_to_model();
   start_step_ = progress.step + 1;
   if (parallel_.is_logging_rank()) spdlog::info("Resumed from {} at step {}", dir, progress.step);
 }
@@ -182,6 +220,10 @@ void Trainer::log_step(int64_t step, const StepStats& s, double interval_seconds
                            {"elapsed_s", elapsed_},
                            {"ms_per_step", 1000.0 * interval_seconds / interval_steps},
                            {"bubble", s.bubble},
+                           {"forward_ms", 1000.0 * s.forward_seconds},
+                           {"backward_ms", 1000.0 * s.backward_seconds},
+                           {"dp_ms", 1000.0 * s.dp_seconds},
+                           {"optimizer_ms", 1000.0 * s.optimizer_seconds},
                            {"bubble_theory", theory},
                            {"comm", comm_stats()}};
   spdlog::debug("communication this step: {}", record["comm"].dump());
@@ -199,10 +241,14 @@ void Trainer::dump_first_step() const {
   fs::create_directories(dir);
   const std::string where = "tp" + std::to_string(parallel_.coords().tp) + "-pp" + std::to_string(parallel_.coords().pp);
   std::map<std::string, torch::Tensor> grads;
-  for (const auto& p : stage_->named_parameters()) grads[p.key()] = p.value().grad();
-  write_named_shard((dir / ("grads-" + where)).string(), grads, stage_->shard_specs());
+  std::map<std::string, ShardSpec> specs;
+  for (const auto& [name, slot] : stage_->tensors()) {
+    grads[name] = slot.of(grads_[entry_of_.at(slot.parameter)]);
+    specs[name] = slot.spec;
+  }
+  write_named_shard((dir / ("grads-" + where)).string(), grads, specs);
   if (parallel_.is_last_stage()) {
-    const ShardSpec& head = stage_->shard_specs().at("lm_head.weight");
+    const ShardSpec& head = stage_->tensors().at("lm_head.weight").spec;
     const std::vector<int64_t> full{first_logits_.size(0), first_logits_.size(1), config_.model.vocab_size};
     write_named_shard((dir / ("logits-" + where)).string(), {{"logits", first_logits_}},
                       {{"logits", ShardSpec{2, full, head.offset}}});

@@ -1,7 +1,8 @@
 // Checkpoints: OUTPUT/checkpoint-00000100/ holds
 //   meta.json               step, consumed samples, the resolved config, the layout
-//   shard-tp0-pp0.safetensors  one per (TP, PP) position: that rank's parameters
-//                           ("model/<name>") and AdamW state ("optim/<name>")
+//   shard-tp0-pp0.safetensors  one per (TP, PP) position: that rank's named state,
+//                           the fp32 weights ("model/<name>") and optimizer state
+//                           ("optim/exp_avg.<name>", ...)
 //   shard-tp0-pp0.json      each tensor's ShardSpec, the file's size and FNV-1a hash
 // DP replicas hold equal state, so only DP rank 0 writes. Everything is written
 // under checkpoint-...tmp and renamed once every shard is on disk: a crash
@@ -9,14 +10,14 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
 
 #include <torch/torch.h>
 
 #include "minipretrain/config/config.h"
 #include "minipretrain/distributed/parallel_state.h"
-#include "minipretrain/model/stage.h"
-#include "minipretrain/train/adamw.h"
+#include "minipretrain/parallel/shard.h"
 
 namespace minipretrain {
 
@@ -30,16 +31,25 @@ struct TrainingProgress {
   int64_t consumed_samples = 0;
 };
 
+// One tensor of a rank's state, with its place in the full tensor when it
+// is a shard of one. Saving reads `tensor`; loading copies into it.
+struct StateTensor {
+  torch::Tensor tensor;
+  std::optional<ShardSpec> spec;
+};
+using NamedState = std::map<std::string, StateTensor>;
+
 // Collective over the world group. Returns the checkpoint's directory.
-std::string save_checkpoint(const std::string& output_dir, const TrainingProgress& progress, Stage& stage,
-                            const AdamW& optimizer, const Config& config, const ParallelState& parallel);
+std::string save_checkpoint(const std::string& output_dir, const TrainingProgress& progress, const NamedState& state,
+                            const Config& config, const ParallelState& parallel);
 
 // The newest complete checkpoint under `output_dir`, or "" when none.
 std::string find_latest_checkpoint(const std::string& output_dir);
 
-// Loads this rank's shard into `stage` and `optimizer`. Throws CheckpointError
-// when the checkpoint is corrupt or was written for another model or layout.
-TrainingProgress load_checkpoint(const std::string& dir, Stage& stage, AdamW& optimizer, const Config& config,
+// Copies this rank's shard into every tensor of `state`. Throws
+// CheckpointError when the checkpoint is corrupt, lacks one of them, or was
+// written for another model or layout.
+TrainingProgress load_checkpoint(const std::string& dir, const NamedState& state, const Config& config,
                                  const ParallelState& parallel);
 
 // Named tensors of one rank, with their specs, written and read in the shard

@@ -50,6 +50,8 @@ struct TrainConfig {
   int64_t num_threads = 0;  // 0: cores on this node / processes on this node
   std::string resume;       // "", a checkpoint directory, or "auto"
   std::string dump_first_step;  // directory: write step 1's logits and gradients
+  std::string precision = "auto";  // fp32, bf16, or auto: bf16 where the hardware has native bf16
+  std::string recompute = "none";  // none, or full: recompute each decoder layer in backward
 };
 
 struct ParallelConfig {
@@ -57,6 +59,10 @@ struct ParallelConfig {
   int64_t pipeline_parallel_size = 1;
   std::optional<int64_t> num_microbatches;  // unset: global / (micro x DP)
   std::string pipeline_schedule = "1f1b";
+  // Decoder layers per pipeline stage; empty: balanced by compute, counting
+  // the embedding on the first stage and the LM head and loss on the last.
+  // Filled by resolve().
+  std::vector<int64_t> pipeline_layer_split;
   int64_t dist_timeout = 600;  // seconds
   int64_t ddp_bucket_mb = 25;  // DP gradient all-reduce bucket size; 0: one per tensor
   std::string master_addr;     // empty: MASTER_ADDR from the environment
@@ -106,6 +112,10 @@ Config load_config_file(const std::string& path);
 
 // "98,2" -> {98, 2}; throws ConfigError for anything else.
 std::pair<double, double> parse_split(const std::string& split);
+
+// Decoder layers per stage that balance the stages' compute: the last stage
+// also runs the final norm, the LM head and the loss (DESIGN.md invariant 10).
+std::vector<int64_t> balanced_layer_split(const ModelConfig& model, int64_t stages);
 
 // Vocabulary rows padded so that every tensor-parallel rank holds the same
 // number; padded rows never win and never count in the loss.

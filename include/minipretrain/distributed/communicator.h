@@ -4,7 +4,8 @@
 // Every operation blocks until its result is in place, except isend, which
 // returns a handle to wait on (pipeline stages must be able to send while the
 // peer is still busy). Ranks are ranks within this group. Every call is
-// counted with its payload bytes, per operation, for tests and debug logs.
+// counted with its payload bytes as sent and its time, per operation, for
+// tests, the step breakdown and debug logs.
 #pragma once
 
 #include <cstdint>
@@ -28,7 +29,8 @@ class SendHandle {
 
 struct OpStats {
   int64_t calls = 0;
-  int64_t bytes = 0;
+  int64_t bytes = 0;      // as sent: bf16 travels as fp32 where the backend has no bf16
+  double seconds = 0.0;   // in the call (for isend: posting it)
 };
 
 class Communicator {
@@ -63,9 +65,13 @@ class Communicator {
   virtual std::unique_ptr<SendHandle> do_isend(const torch::Tensor& tensor, int dst, int tag) = 0;
   virtual void do_recv(torch::Tensor& tensor, int src, int tag) = 0;
   virtual void do_barrier() = 0;
+  // Gloo reduces no bf16: such tensors then travel as fp32.
+  virtual bool has_bf16() const { return true; }
 
  private:
-  void count(const std::string& op, const torch::Tensor& tensor);
+  // The tensor as it goes over the wire for this backend.
+  torch::Tensor wire(const torch::Tensor& tensor) const;
+  void count(const std::string& op, const torch::Tensor& wire, double seconds);
 
   std::string name_;
   int rank_;

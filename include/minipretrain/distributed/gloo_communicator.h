@@ -28,6 +28,7 @@ class GlooCommunicator : public Communicator {
   std::unique_ptr<SendHandle> do_isend(const torch::Tensor& tensor, int dst, int tag) override;
   void do_recv(torch::Tensor& tensor, int src, int tag) override;
   void do_barrier() override;
+  bool has_bf16() const override { return false; }
 
  private:
   c10::intrusive_ptr<c10d::ProcessGroupGloo> group_;

@@ -1,8 +1,9 @@
 // Grouped-query causal self-attention with RoPE, tensor parallel by heads.
 // Each TP rank holds heads/TP query heads and kv_heads/TP key/value heads;
 // query head i attends with kv head i / (heads / kv_heads), as in HF's repeat_kv.
-// Communication: one copy_to_tp before Q, K, V (all-reduce in backward) and one
-// reduce_from_tp after the output projection (all-reduce in forward).
+// Q, K and V come from one fused GEMM (qkv_proj; checkpoints still name them
+// q_proj, k_proj, v_proj). Communication: one copy_to_tp before it (all-reduce
+// in backward) and one reduce_from_tp after the output projection.
 #pragma once
 
 #include <memory>
@@ -21,7 +22,7 @@ class AttentionImpl : public torch::nn::Module {
   // x [batch, seq, hidden] -> [batch, seq, hidden], replicated over TP.
   torch::Tensor forward(const torch::Tensor& x, const RotaryEmbedding& rope);
 
-  ColumnParallelLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr};
+  ColumnParallelLinear qkv_proj{nullptr};
   RowParallelLinear o_proj{nullptr};
 
  private:
@@ -30,8 +31,9 @@ class AttentionImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Attention);
 
-// Causal attention over [batch, heads, seq, head_dim]; k and v already
-// repeated to the query heads. The fused kernel where LibTorch has it (>= 2.0).
+// Causal attention of q [batch, heads, seq, head_dim] over k and v [batch,
+// kv_heads, seq, head_dim]: query head i reads kv head i / (heads / kv_heads)
+// without copying K and V per query head. Softmax in fp32.
 torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
 
 }  // namespace minipretrain

@@ -2,10 +2,12 @@
 // layers, plus the embedding on the first pipeline stage and the final norm,
 // LM head and loss on the last. With PP = TP = 1 it is the whole model.
 //
-// Parameter names are Hugging Face Llama's with global layer indices
-// (model.layers.7.mlp.up_proj.weight). initialize() makes every full tensor a
-// function of (seed, name) only and keeps this rank's shard, so every layout
-// starts from the same weights (DESIGN.md invariant 2).
+// Tensors are named as in Hugging Face Llama with global layer indices
+// (model.layers.7.mlp.up_proj.weight). Some live inside a fused parameter
+// (qkv_proj, gate_up_proj): tensors() says where each one is. initialize()
+// makes every full tensor a function of (seed, name) only and keeps this
+// rank's shard, so every layout starts from the same weights (DESIGN.md
+// invariant 2).
 #pragma once
 
 #include <map>
@@ -17,6 +19,7 @@
 #include "minipretrain/config/config.h"
 #include "minipretrain/model/decoder_layer.h"
 #include "minipretrain/parallel/layers.h"
+#include "minipretrain/parallel/pipeline_stage.h"
 #include "minipretrain/parallel/shard.h"
 
 namespace minipretrain {
@@ -24,41 +27,61 @@ namespace minipretrain {
 struct StagePosition {
   int64_t stage = 0;
   int64_t num_stages = 1;
+  int64_t first_layer = 0;
+  int64_t num_layers = -1;  // -1: every layer of the model
   bool first() const { return stage == 0; }
   bool last() const { return stage == num_stages - 1; }
+  // Stage `stage` of a model cut by `split` (layers per stage).
+  static StagePosition of(const std::vector<int64_t>& split, int64_t stage);
 };
 
-class StageImpl : public torch::nn::Module {
+// Where a named full tensor's shard lives on this rank: rows [row, row +
+// rows) of `parameter`.
+struct TensorSlot {
+  std::string parameter;
+  ShardSpec spec;
+  int64_t row = 0;
+  int64_t rows = 0;
+  // This slot's slice of `physical`: the parameter itself, its gradient, or
+  // anything else shaped like it (the AdamW moments).
+  torch::Tensor of(const torch::Tensor& physical) const { return physical.narrow(0, row, rows); }
+};
+
+class StageImpl : public torch::nn::Module, public PipelineStage {
  public:
   StageImpl(const ModelConfig& config, StagePosition position, std::shared_ptr<Communicator> tp);
 
   void initialize(int64_t seed);
   void to_device(const torch::Device& device);
+  // Recompute each decoder layer in backward instead of keeping its activations.
+  void set_recompute(bool recompute) { recompute_ = recompute; }
 
   // First stage: token ids [batch, seq]; other stages: hidden [batch, seq, H].
   // Returns hidden states, or on the last stage this rank's logits
   // [batch, seq, V_pad / TP].
-  torch::Tensor forward(const torch::Tensor& input);
+  torch::Tensor forward(const torch::Tensor& input) override;
   // Mean per-token cross-entropy of the last stage's local logits.
-  torch::Tensor loss(const torch::Tensor& logits_local, const torch::Tensor& targets);
+  torch::Tensor loss(const torch::Tensor& logits_local, const torch::Tensor& targets) override;
+  bool is_first() const override { return position_.first(); }
+  bool is_last() const override { return position_.last(); }
+  int64_t index() const override { return position_.stage; }
+  torch::TensorOptions activation_options() const override;
 
-  // Every parameter's place in its full tensor (replicated ones included).
-  const std::map<std::string, ShardSpec>& shard_specs() const { return specs_; }
+  // Every named full tensor this rank holds a shard of (replicated ones included).
+  const std::map<std::string, TensorSlot>& tensors() const { return tensors_; }
   const StagePosition& position() const { return position_; }
-  int64_t first_layer() const { return first_layer_; }
-  int64_t num_local_layers() const { return static_cast<int64_t>(layers_.size()); }
 
  private:
   ModelConfig config_;
   StagePosition position_;
   std::shared_ptr<Communicator> tp_;
-  int64_t first_layer_ = 0;
   RotaryEmbedding rope_;
   VocabParallelEmbedding embed_tokens_{nullptr};
   std::vector<DecoderLayer> layers_;
   RMSNorm norm_{nullptr};
   ColumnParallelLinear lm_head_{nullptr};
-  std::map<std::string, ShardSpec> specs_;
+  std::map<std::string, TensorSlot> tensors_;
+  bool recompute_ = false;
 };
 TORCH_MODULE(Stage);
 

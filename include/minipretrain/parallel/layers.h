@@ -1,14 +1,21 @@
 // Megatron-style tensor-parallel layers (no bias: Llama has none). Each holds
-// one shard of a full weight and says which (ShardSpec). Linear layers do not
+// one shard of its weights and says which (WeightPart). Linear layers do not
 // communicate: the regions around them do, at the call site (see
 // model/attention.h), so that Q, K and V share one copy_to_tp.
 //
 //   ColumnParallelLinear  weight [out / TP, in]   y_local = x W_local^T
 //   RowParallelLinear     weight [out, in / TP]   partial sums, reduce after
 //   VocabParallelEmbedding weight [V_pad / TP, H] masked lookup + all-reduce
+//
+// A column-parallel layer may fuse several logical weights into one GEMM
+// (Q, K and V; gate and up): each is sharded over TP on its own, and the
+// local weight stacks this rank's shard of each, so a rank holds its own
+// heads' q, k and v. Checkpoints and exports see the logical weights.
 #pragma once
 
 #include <memory>
+#include <string>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -17,21 +24,35 @@
 
 namespace minipretrain {
 
-// A module whose `weight` is a shard of a full tensor.
+// One logical weight inside a module's local `weight`: rows [row, row + rows)
+// hold this rank's shard of the full tensor described by `spec`.
+struct WeightPart {
+  std::string name;  // sibling module name ("q_proj"); "" for the module's own weight
+  ShardSpec spec;
+  int64_t row = 0;
+  int64_t rows = 0;
+};
+
+// A module whose `weight` holds shards of full tensors.
 class ShardedWeight {
  public:
   virtual ~ShardedWeight() = default;
-  const ShardSpec& weight_spec() const { return spec_; }
+  const std::vector<WeightPart>& weight_parts() const { return parts_; }
 
  protected:
-  ShardSpec spec_;
+  std::vector<WeightPart> parts_;
 };
 
 class ColumnParallelLinearImpl : public torch::nn::Module, public ShardedWeight {
  public:
   // `out_features` is padded up to a multiple of the TP size (the LM head).
   ColumnParallelLinearImpl(int64_t in_features, int64_t out_features, const Communicator& tp);
+  // Fused: one (name, out_features) per logical weight, stacked in this order.
+  ColumnParallelLinearImpl(int64_t in_features, const std::vector<std::pair<std::string, int64_t>>& outputs,
+                           const Communicator& tp);
+  // [..., in] -> [..., sum of local rows]; split() cuts it into the parts.
   torch::Tensor forward(const torch::Tensor& x);
+  std::vector<torch::Tensor> split(const torch::Tensor& y) const;
   torch::Tensor weight;
 };
 TORCH_MODULE(ColumnParallelLinear);

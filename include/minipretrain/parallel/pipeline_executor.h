@@ -14,7 +14,7 @@
 #include <torch/torch.h>
 
 #include "minipretrain/distributed/communicator.h"
-#include "minipretrain/model/stage.h"
+#include "minipretrain/parallel/pipeline_stage.h"
 #include "minipretrain/parallel/schedule.h"
 
 namespace minipretrain {
@@ -26,14 +26,16 @@ struct Microbatch {
 
 struct StepResult {
   double loss = 0.0;          // last stage: mean loss over the microbatches; else 0
-  double busy_seconds = 0.0;  // time spent computing, not waiting
-  double total_seconds = 0.0;
+  double forward_seconds = 0.0;   // computing forwards (the loss included)
+  double backward_seconds = 0.0;  // computing backwards (gradient accumulation included)
+  double total_seconds = 0.0;     // the rest is waiting for neighbours: the bubble
+  double busy_seconds() const { return forward_seconds + backward_seconds; }
   int64_t peak_in_flight = 0;
 };
 
 class PipelineExecutor {
  public:
-  PipelineExecutor(Stage stage, Communicator& pp, std::vector<int64_t> activation_shape);
+  PipelineExecutor(std::shared_ptr<PipelineStage> stage, Communicator& pp, std::vector<int64_t> activation_shape);
 
   // Forwards and backwards every microbatch by `actions`; gradients accumulate
   // in the stage's parameters, each microbatch's loss scaled by 1/M.
@@ -43,12 +45,15 @@ class PipelineExecutor {
 
   // Called on the last stage with each microbatch's local logits.
   std::function<void(int64_t microbatch, const torch::Tensor& logits_local)> on_logits;
+  // Called after each microbatch's backward (mixed precision folds its
+  // gradients into fp32 there).
+  std::function<void()> after_backward;
 
  private:
   void forward(int64_t m, const std::vector<Microbatch>& microbatches, StepResult& result);
   void backward(int64_t m, StepResult& result);
 
-  Stage stage_;
+  std::shared_ptr<PipelineStage> stage_;
   Communicator& pp_;
   std::vector<int64_t> activation_shape_;
   // Per microbatch in flight: the stage's input (for its gradient) and output.

@@ -2,11 +2,10 @@
 //   p <- p * (1 - lr * wd)                         (matrices only, not norms)
 //   m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
 //   p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
-// Its state is a set of named tensors, so checkpoints store it by name.
+// The moments are fp32 tensors shaped like the parameters; the trainer names
+// them for checkpoints.
 #pragma once
 
-#include <map>
-#include <string>
 #include <vector>
 
 #include <torch/torch.h>
@@ -20,22 +19,26 @@ struct AdamWOptions {
   double weight_decay = 0.01;
 };
 
+// One pass over memory per parameter, multi-threaded: each element's update
+// reads its weight, gradient and moments once and writes them back once.
 class AdamW {
  public:
-  // Decay applies to parameters of rank >= 2 (weights), not to norm vectors.
-  AdamW(std::vector<std::pair<std::string, torch::Tensor>> parameters, AdamWOptions options);
+  // fp32 contiguous parameters (the master weights). Decay applies to those of
+  // rank >= 2 (weights), not to norm vectors.
+  AdamW(std::vector<torch::Tensor> parameters, AdamWOptions options);
 
-  void step(double lr);
-  void zero_grad();
+  // grads[i] belongs to parameters[i]; each is multiplied by `grad_scale`
+  // on the way in (gradient clipping costs no pass of its own).
+  void step(double lr, const std::vector<torch::Tensor>& grads, double grad_scale = 1.0);
+
   int64_t steps_taken() const { return steps_; }
-
-  // "exp_avg.<name>", "exp_avg_sq.<name>" and "step".
-  std::map<std::string, torch::Tensor> state() const;
-  void load_state(const std::map<std::string, torch::Tensor>& state);
+  void set_steps_taken(int64_t steps) { steps_ = steps; }
+  // The moments of parameter i, shaped like it: checkpoints save and load them in place.
+  const torch::Tensor& exp_avg(size_t i) const { return slots_.at(i).exp_avg; }
+  const torch::Tensor& exp_avg_sq(size_t i) const { return slots_.at(i).exp_avg_sq; }
 
  private:
   struct Slot {
-    std::string name;
     torch::Tensor param, exp_avg, exp_avg_sq;
     bool decay;
   };

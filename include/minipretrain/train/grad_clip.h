@@ -4,20 +4,21 @@
 // replicas hold equal gradients after averaging, so DP does not take part.
 #pragma once
 
-#include <map>
-#include <string>
+#include <vector>
 
 #include <torch/torch.h>
 
 #include "minipretrain/distributed/communicator.h"
-#include "minipretrain/parallel/shard.h"
 
 namespace minipretrain {
 
-// Returns the norm before clipping; scales the gradients down to `max_norm`
-// when it is exceeded (max_norm <= 0: no clipping).
-double clip_grad_norm(const std::vector<std::pair<std::string, torch::Tensor>>& parameters,
-                      const std::map<std::string, ShardSpec>& specs, double max_norm, Communicator& tp,
-                      Communicator& pp);
+// The norm of the gradients `grads`; `counted[i]` false leaves grads[i] out
+// (a replicated tensor on TP ranks other than 0). Squares add up in fp64 per
+// chunk, in a fixed order, without an fp64 copy of any tensor.
+double global_grad_norm(const std::vector<torch::Tensor>& grads, const std::vector<bool>& counted, Communicator& tp,
+                        Communicator& pp);
+
+// The factor that brings `norm` down to `max_norm` (1 when within it or when max_norm <= 0).
+double clip_factor(double norm, double max_norm);
 
 }  // namespace minipretrain

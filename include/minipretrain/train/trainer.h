@@ -1,13 +1,15 @@
 // The training loop: for each step, the global batch of that step (DESIGN.md
 // invariant 3), this DP rank's rows split into microbatches, the pipeline
 // schedule over them, DP gradient averaging, clipping over TP and PP, AdamW
-// with the scheduled LR, then logging and checkpoints.
+// with the scheduled LR, then logging and checkpoints. With bf16 the model
+// computes in bf16 over fp32 master weights and gradients (MainParams).
 #pragma once
 
 #include <memory>
 
 #include <torch/torch.h>
 
+#include "minipretrain/checkpoint/checkpoint.h"
 #include "minipretrain/config/config.h"
 #include "minipretrain/data/dataset.h"
 #include "minipretrain/distributed/parallel_state.h"
@@ -16,6 +18,7 @@
 #include "minipretrain/parallel/pipeline_executor.h"
 #include "minipretrain/train/adamw.h"
 #include "minipretrain/train/lr_schedule.h"
+#include "minipretrain/train/main_params.h"
 #include "minipretrain/train/metrics.h"
 
 namespace minipretrain {
@@ -25,10 +28,12 @@ class Trainer {
   Trainer(Config config, ParallelState& parallel, torch::Device device);
   void run();
   const TokenDataset* dataset() const { return data_.train.get(); }
+  const char* precision_name() const;
 
  private:
   struct StepStats {
     double loss, grad_norm, lr, seconds, bubble;
+    double forward_seconds, backward_seconds, dp_seconds, optimizer_seconds;
   };
   StepStats train_step(int64_t step);
   // This DP rank's rows of the global batch `indices` of `data`, as microbatches.
@@ -38,13 +43,20 @@ class Trainer {
   void resume();
   void log_step(int64_t step, const StepStats& stats, double interval_seconds, int64_t interval_steps);
   void dump_first_step() const;
+  // Every tensor a checkpoint holds for this rank, by name: views of the fp32
+  // weights and of the AdamW moments, and the step count.
+  NamedState checkpoint_state();
   nlohmann::json comm_stats() const;
 
   Config config_;
   ParallelState& parallel_;
   torch::Device device_;
   Stage stage_{nullptr};
+  std::unique_ptr<MainParams> main_;
   std::unique_ptr<AdamW> optimizer_;
+  std::vector<torch::Tensor> grads_;   // main_'s fp32 gradients, in its order
+  std::vector<bool> counted_in_norm_;  // false: a replicated tensor on a TP rank other than 0
+  std::map<std::string, size_t> entry_of_;  // parameter name -> index in main_
   LRSchedule schedule_;
   Datasets data_;
   std::unique_ptr<GlobalBatchSampler> sampler_;
@@ -54,6 +66,7 @@ class Trainer {
   std::unique_ptr<MetricsLog> metrics_;
   int64_t start_step_ = 1;
   double elapsed_ = 0.0;
+  torch::Tensor step_count_ = torch::zeros({}, torch::kLong);  // AdamW's steps, as checkpoints hold it
   torch::Tensor first_logits_;  // microbatch 0 of step 1, for --dump-first-step
 };
 

@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Speed and memory figures of the built binary on this machine.
+
+Prints one line per measurement; nothing here passes or fails. The README's
+performance section is copied from its output. Takes ~15 minutes on 2 cores;
+run it on an idle machine (never during a build).
+
+Usage: benchmarks/run_benchmarks.py [--build BUILD_DIR] [--only NAME ...]
+"""
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ["--hidden-size", "768", "--intermediate-size", "3072", "--num-layers", "12", "--num-attention-heads", "12",
+         "--vocab-size", "32000", "--max-seq-length", "512", "--num-train-samples", "256"]
+port = [29700]
+
+
+def ranks(binary, n, out, args, threads):
+    """Starts n ranks with torchrun's variables; returns their logs."""
+    port[0] += 1
+    procs = []
+    for r in range(n):
+        env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(n), LOCAL_RANK=str(r), LOCAL_WORLD_SIZE=str(n),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port[0]))
+        cmd = [binary, "--output-dir", out, "--log-interval", "1", "--save-interval", "100000",
+               "--num-threads", str(threads)] + args
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = [p.communicate()[0] for p in procs]
+    for r, (p, log) in enumerate(zip(procs, logs)):
+        if p.returncode != 0:
+            sys.exit(f"rank {r} failed:\n{log}")
+    return logs
+
+
+def steps(out, skip):
+    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    return [r for r in records if "loss" in r][skip:]
+
+
+def median(records, key):
+    return statistics.median(r[key] for r in records)
+
+
+def peak_rss_gb(log):
+    m = re.findall(r"Peak resident memory of rank \d+: (\d+) kB", log)
+    return int(m[-1]) / 1e6
+
+
+def startup(log):
+    return float(re.search(r"Start-up took ([0-9.]+) s", log).group(1))
+
+
+def flops_per_token(hidden=768, layers=12, vocab=32000, inter=3072, seq=512):
+    """6 N (N without the embedding lookup) + 12 L s h for attention, as in PaLM's MFU."""
+    n = layers * (4 * hidden * hidden + 3 * hidden * inter) + vocab * hidden
+    return 6 * n + 12 * layers * seq * hidden
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--build", default=os.path.join(ROOT, "build"))
+    parser.add_argument("--only", nargs="*", help="gemm small recompute pipeline dp")
+    a = parser.parse_args()
+    binary = os.path.join(a.build, "minipretrain")
+    wanted = lambda name: not a.only or name in a.only
+    work = tempfile.mkdtemp()
+
+    subprocess.run(["cmake", "--build", a.build, "--target", "minipretrain-gemm-ceiling"], check=True,
+                   stdout=subprocess.DEVNULL)
+    ceiling = {}
+    gemm = subprocess.run([os.path.join(a.build, "minipretrain-gemm-ceiling"), "2048", "2"], check=True,
+                          capture_output=True, text=True).stdout
+    for line in gemm.splitlines():
+        m = re.match(r"gemm (\w+) .*: ([0-9.]+) GFLOP/s", line)
+        ceiling[m.group(1)] = float(m.group(2))
+    if wanted("gemm"):
+        print(f"GEMM ceiling, n=2048, 2 threads: fp32 {ceiling['fp32']:.0f} GFLOP/s, bf16 {ceiling['bf16']:.0f} GFLOP/s")
+
+    if wanted("small"):
+        for precision in ("fp32", "bf16"):
+            out = os.path.join(work, "small_" + precision)
+            log = ranks(binary, 1, out, SMALL + ["--micro-batch-size", "4", "--global-batch-size", "4",
+                                                 "--max-steps", "5", "--precision", precision], 2)[0]
+            s = steps(out, 1)
+            tps = median(s, "tokens_per_s")
+            mfu = tps * flops_per_token() / 1e9 / ceiling[precision]
+            print(f"Small seq 512 micro-batch 4, 1 process x 2 threads, {precision}: {tps:.0f} tokens/s, "
+                  f"{median(s, 'ms_per_step'):.0f} ms/step = forward {median(s, 'forward_ms'):.0f} + backward "
+                  f"{median(s, 'backward_ms'):.0f} + optimizer {median(s, 'optimizer_ms'):.0f} (+ rest); "
+                  f"MFU {100 * mfu:.0f}% of the {precision} GEMM ceiling; peak RSS {peak_rss_gb(log):.2f} GB; "
+                  f"start-up {startup(log):.2f} s")
+
+    if wanted("recompute"):
+        rss = {}
+        for recompute in ("none", "full"):
+            out = os.path.join(work, "recompute_" + recompute)
+            log = ranks(binary, 1, out, SMALL + ["--micro-batch-size", "8", "--global-batch-size", "8",
+                                                 "--max-steps", "2", "--precision", "bf16", "--recompute",
+                                                 recompute], 2)[0]
+            rss[recompute] = peak_rss_gb(log)
+            rss[recompute + "_ms"] = median(steps(out, 1), "ms_per_step")
+        print(f"Small micro-batch 8 bf16: peak RSS {rss['none']:.2f} GB without recompute, {rss['full']:.2f} GB with "
+              f"--recompute full ({100 * rss['full'] / rss['none']:.0f}%); "
+              f"{rss['none_ms']:.0f} vs {rss['full_ms']:.0f} ms/step")
+
+    if wanted("pipeline"):
+        for split in ("", "6,6"):
+            out = os.path.join(work, "pp_" + (split or "balanced"))
+            args = SMALL + ["--micro-batch-size", "1", "--global-batch-size", "8", "--max-steps", "4",
+                            "--pipeline-parallel-size", "2", "--pipeline-schedule", "1f1b", "--precision", "bf16"]
+            if split:
+                args += ["--pipeline-layer-split", split]
+            log = ranks(binary, 2, out, args, 1)[0]
+            used = re.search(r"layers per pipeline stage ([0-9,]+)", log).group(1)
+            s = steps(out, 1)
+            print(f"Small PP=2 M=8 1F1B bf16, 1 thread per stage, layers {used}: bubble {median(s, 'bubble'):.2f} "
+                  f"(theory {median(s, 'bubble_theory'):.2f}), {median(s, 'tokens_per_s'):.0f} tokens/s")
+
+    if wanted("dp"):
+        result = {}
+        for dp, threads in ((1, 2), (2, 1)):
+            out = os.path.join(work, f"dp{dp}")
+            ranks(binary, dp, out, SMALL + ["--micro-batch-size", "4", "--global-batch-size", "8", "--max-steps", "3",
+                                            "--precision", "bf16"], threads)
+            result[dp] = median(steps(out, 1), "tokens_per_s")
+        print(f"Small bf16 global batch 8: DP=2 x 1 thread {result[2]:.0f} tokens/s vs DP=1 x 2 threads "
+              f"{result[1]:.0f} tokens/s ({result[2] / result[1]:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()

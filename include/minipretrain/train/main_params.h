@@ -1,0 +1,60 @@
+// The fp32 truth behind the model's parameters (DESIGN.md invariant 7).
+//
+// fp32: the model's parameters are the master weights, and their gradients
+// are views into one flat fp32 buffer that autograd accumulates into over
+// the microbatches.
+// bf16: the model computes with bf16 parameters; the master weights are fp32
+// copies. After each microbatch's backward, accumulate() adds the bf16
+// gradients into the flat fp32 buffer, so accumulation over microbatches is
+// fp32. After the optimizer step, copy_to_model() casts the master weights to
+// bf16 once per step, not once per microbatch.
+//
+// The buffer holds the parameters in reverse order (the order backward
+// finishes them), so DP buckets are contiguous ranges of it.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+namespace minipretrain {
+
+class MainParams {
+ public:
+  struct Entry {
+    std::string name;
+    torch::Tensor model;   // what forward uses (bf16 or fp32)
+    torch::Tensor master;  // fp32; the same tensor as `model` in fp32
+    torch::Tensor grad;    // fp32 view into the flat buffer
+    int64_t offset = 0;    // of `grad` in the flat buffer
+    bool fresh = true;     // bf16: nothing accumulated since zero_grad
+  };
+
+  // `parameters` are the model's, still fp32; with bf16 they are cast here.
+  MainParams(std::vector<std::pair<std::string, torch::Tensor>> parameters, torch::ScalarType compute_dtype);
+
+  void zero_grad();
+  // After each microbatch's backward (a no-op in fp32).
+  void accumulate();
+  // Before the gradients are read: entries no microbatch reached are zero.
+  void finish_accumulation();
+  // After the optimizer changed the master weights (a no-op in fp32).
+  void copy_to_model();
+
+  std::vector<Entry>& entries() { return entries_; }
+  const std::vector<Entry>& entries() const { return entries_; }
+  torch::Tensor flat_grad() const { return flat_grad_; }
+  torch::ScalarType compute_dtype() const { return dtype_; }
+
+ private:
+  std::vector<Entry> entries_;
+  torch::Tensor flat_grad_;
+  torch::ScalarType dtype_;
+};
+
+// fp32 or bf16 for "fp32", "bf16" or "auto" (bf16 where the device computes
+// it natively: CUDA from compute capability 8.0, CPUs with AVX512-BF16 or AMX).
+torch::ScalarType resolve_precision(const std::string& precision, const torch::Device& device);
+
+}  // namespace minipretrain

@@ -1,0 +1,107 @@
+#include "minipretrain/train/main_params.h"
+
+#include <fstream>
+#include <sstream>
+
+#ifdef MINIPRETRAIN_WITH_NCCL
+#include <cuda_runtime_api.h>
+#endif
+
+namespace minipretrain {
+
+MainParams::MainParams(std::vector<std::pair<std::string, torch::Tensor>> parameters, torch::ScalarType dtype)
+    : dtype_(dtype) {
+  torch::NoGradGuard no_grad;
+  int64_t total = 0;
+  for (auto it = parameters.rbegin(); it != parameters.rend(); ++it) {
+    Entry e{it->first, it->second, it->second, torch::Tensor(), total, true};
+    total += e.model.numel();
+    entries_.push_back(e);
+  }
+  flat_grad_ = torch::zeros({total}, parameters.front().second.options().dtype(torch::kFloat));
+  for (Entry& e : entries_) {
+    e.grad = flat_grad_.narrow(0, e.offset, e.model.numel()).view_as(e.model);
+    if (dtype_ == torch::kFloat) {
+      e.model.mutable_grad() = e.grad;  // autograd adds into it in place
+    } else {
+      e.master = e.model.detach().clone();
+      e.model.set_data(e.model.to(dtype_));
+    }
+  }
+}
+
+void MainParams::zero_grad() {
+  if (dtype_ == torch::kFloat) {
+    flat_grad_.zero_();
+    return;
+  }
+  for (Entry& e : entries_) e.fresh = true;
+}
+
+void MainParams::accumulate() {
+  if (dtype_ == torch::kFloat) return;
+  torch::NoGradGuard no_grad;
+  for (Entry& e : entries_) {
+    const torch::Tensor g = e.model.grad();
+    if (!g.defined()) continue;
+    if (e.fresh)
+      e.grad.copy_(g);
+    else
+      e.grad.add_(g);
+    e.fresh = false;
+    e.model.mutable_grad().reset();  // the next backward hands over a new tensor instead of adding in bf16
+  }
+}
+
+void MainParams::finish_accumulation() {
+  if (dtype_ == torch::kFloat) return;
+  for (Entry& e : entries_)
+    if (e.fresh) {
+      e.grad.zero_();
+      e.fresh = false;
+    }
+}
+
+void MainParams::copy_to_model() {
+  if (dtype_ == torch::kFloat) return;
+  torch::NoGradGuard no_grad;
+  for (Entry& e : entries_) e.model.copy_(e.master);
+}
+
+namespace {
+
+bool cpu_has_native_bf16() {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  for (std::string line; std::getline(cpuinfo, line);) {
+    if (line.rfind("flags", 0) != 0) continue;
+    std::istringstream flags(line);
+    for (std::string flag; flags >> flag;)
+      if (flag == "avx512_bf16" || flag == "amx_bf16") return true;
+    return false;
+  }
+  return false;
+}
+
+// Ampere (compute capability 8.0) and newer. Without the CUDA runtime
+// linked in, assume so: every GPU LibTorch ships kernels for today is.
+bool cuda_has_native_bf16(int device) {
+#ifdef MINIPRETRAIN_WITH_NCCL
+  int major = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
+  return major >= 8;
+#else
+  (void)device;
+  return true;
+#endif
+}
+
+}  // namespace
+
+torch::ScalarType resolve_precision(const std::string& precision, const torch::Device& device) {
+  if (precision == "fp32") return torch::kFloat;
+  if (precision == "bf16") return torch::kBFloat16;
+  if (device.is_cuda()) return cuda_has_native_bf16(device.index()) ? torch::kBFloat16 : torch::kFloat;
+  return cpu_has_native_bf16() ? torch::kBFloat16 : torch::kFloat;
+}
+
+}  // namespace minipretrain
