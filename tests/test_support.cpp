@@ -159,7 +159,7 @@ void with_gloo_group(int world, const std::function<void(int, Communicator&)>& f
   for (int r = 0; r < world; ++r)
     threads.emplace_back([&, r] {
       try {
-        GlooCommunicator comm("test", store, r, world, std::chrono::seconds(60));
+        GlooCommunicator comm("test", store, r, world, std::chrono::seconds(60), "127.0.0.1");
         fn(r, comm);
       } catch (...) {
         errors[r] = std::current_exception();

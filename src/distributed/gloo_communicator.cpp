@@ -1,19 +1,9 @@
 #include "minipretrain/distributed/gloo_communicator.h"
 
-#include <cstdlib>
-
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 
 namespace minipretrain {
 namespace {
-
-// GLOO_SOCKET_IFNAME picks the network interface, as in PyTorch; otherwise
-// Gloo binds to the address this host's name resolves to.
-std::shared_ptr<::gloo::transport::Device> make_device() {
-  if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"))
-    return c10d::ProcessGroupGloo::createDeviceForInterface(ifname);
-  return c10d::ProcessGroupGloo::createDefaultDevice();
-}
 
 void require_cpu_contiguous(const torch::Tensor& t, const char* op) {
   TORCH_CHECK(t.device().is_cpu(), "Gloo communicator: ", op, " needs a CPU tensor, got ", t.device());
@@ -34,10 +24,10 @@ class GlooSendHandle : public SendHandle {
 }  // namespace
 
 GlooCommunicator::GlooCommunicator(std::string name, const c10::intrusive_ptr<c10d::Store>& store, int rank,
-                                   int size, std::chrono::milliseconds timeout)
+                                   int size, std::chrono::milliseconds timeout, const std::string& address)
     : Communicator(name, rank, size) {
   auto options = c10d::ProcessGroupGloo::Options::create(timeout);
-  options->devices.push_back(make_device());
+  options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(address));
   options->threads = 2;
   auto prefixed = c10::make_intrusive<c10d::PrefixStore>(name, store);
   group_ = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, rank, size, options);

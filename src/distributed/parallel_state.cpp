@@ -1,6 +1,10 @@
 #include "minipretrain/distributed/parallel_state.h"
 
+#include <spdlog/spdlog.h>
+
 #include "minipretrain/distributed/gloo_communicator.h"
+#include "minipretrain/distributed/gloo_peers.h"
+#include "minipretrain/distributed/network.h"
 #include "minipretrain/distributed/rendezvous.h"
 #ifdef MINIPRETRAIN_WITH_NCCL
 #include "minipretrain/distributed/nccl_communicator.h"
@@ -11,10 +15,11 @@ namespace {
 
 constexpr int kDefaultMasterPort = 29500;
 
-// The communicator follows the device: Gloo for CPU tensors, NCCL for CUDA.
+// The communicator follows the device: Gloo (bound to `gloo_address`) for CPU
+// tensors, NCCL for CUDA.
 std::shared_ptr<Communicator> make_group(const std::string& name, const c10::intrusive_ptr<c10d::Store>& store,
                                          int rank, int size, const torch::Device& device,
-                                         std::chrono::milliseconds timeout) {
+                                         std::chrono::milliseconds timeout, const std::string& gloo_address) {
   if (size == 1) return std::make_shared<SoloCommunicator>(name);
   if (device.is_cuda()) {
 #ifdef MINIPRETRAIN_WITH_NCCL
@@ -24,7 +29,7 @@ std::shared_ptr<Communicator> make_group(const std::string& name, const c10::int
                              "(CMake did not find the CUDA toolkit with NCCL)");
 #endif
   }
-  return std::make_shared<GlooCommunicator>(name, store, rank, size, timeout);
+  return std::make_shared<GlooCommunicator>(name, store, rank, size, timeout, gloo_address);
 }
 
 }  // namespace
@@ -52,17 +57,30 @@ ParallelState::ParallelState(const LaunchEnv& env, const Config& config, const t
   if (port < 1 || port > 65535) throw ConfigError("master_port must be in 1..65535, got " + std::to_string(port));
 
   const std::chrono::milliseconds timeout(config.parallel.dist_timeout * 1000);
-  auto store = rendezvous(addr, static_cast<int>(port), static_cast<int>(rank_), static_cast<int>(env.world_size), timeout);
+  const int global_rank = static_cast<int>(rank_), world_size = static_cast<int>(env.world_size);
+  const std::string where = addr + ":" + std::to_string(port);
+  // Chosen before the rendezvous, so that a bad GLOO_SOCKET_IFNAME fails at once.
+  const bool gloo = !device.is_cuda();
+  GlooAddress gloo_address = gloo ? choose_gloo_address(addr) : GlooAddress{};
+  auto store = rendezvous(addr, static_cast<int>(port), global_rank, world_size, timeout);
+  if (gloo) {
+    gloo_address = settle_gloo_address(store, where, global_rank, world_size, gloo_address, timeout);
+    if (env.local_rank == 0)
+      spdlog::info("Gloo binds to {}{}: {}", gloo_address.address,
+                   gloo_address.interface.empty() ? "" : " on " + gloo_address.interface, gloo_address.reason);
+    check_peers_reachable(store, where, global_rank, world_size, gloo_address.address, timeout);
+  }
 
   const Layout& l = layout_;
   const Coordinates& c = coords_;
-  world_ = make_group("world", store, static_cast<int>(rank_), static_cast<int>(l.world()), device, timeout);
+  const std::string& bound = gloo_address.address;
+  world_ = make_group("world", store, global_rank, static_cast<int>(l.world()), device, timeout, bound);
   tp_ = make_group("tp.pp" + std::to_string(c.pp) + ".dp" + std::to_string(c.dp), store, static_cast<int>(c.tp),
-                   static_cast<int>(l.tp), device, timeout);
+                   static_cast<int>(l.tp), device, timeout, bound);
   dp_ = make_group("dp.pp" + std::to_string(c.pp) + ".tp" + std::to_string(c.tp), store, static_cast<int>(c.dp),
-                   static_cast<int>(l.dp), device, timeout);
+                   static_cast<int>(l.dp), device, timeout, bound);
   pp_ = make_group("pp.dp" + std::to_string(c.dp) + ".tp" + std::to_string(c.tp), store, static_cast<int>(c.pp),
-                   static_cast<int>(l.pp), device, timeout);
+                   static_cast<int>(l.pp), device, timeout, bound);
 }
 
 std::string ParallelState::describe() const {

@@ -16,9 +16,11 @@ namespace minipretrain {
 class GlooCommunicator : public Communicator {
  public:
   // Joins the group named `name` (its members' keys live under that prefix of
-  // `store`); blocks until every member has joined or `timeout` passes.
+  // `store`); blocks until every member has joined or `timeout` passes. Gloo
+  // listens on and connects from `address`, a numeric local address (see
+  // choose_gloo_address).
   GlooCommunicator(std::string name, const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
-                   std::chrono::milliseconds timeout);
+                   std::chrono::milliseconds timeout, const std::string& address);
 
  protected:
   void do_all_reduce(torch::Tensor& tensor, ReduceOp op) override;

@@ -1,0 +1,161 @@
+// Two nodes on one machine: two network namespaces joined by a veth pair,
+// node 0 (the master) at 10.77.0.1 and node 1 at 10.77.0.2, each running the
+// launch script. The host name still resolves to the loopback inside them, as
+// on a Debian host, so without GLOO_SOCKET_IFNAME these runs work only if Gloo
+// binds the address that reaches MASTER_ADDR. A node that cannot join fails
+// with one line naming the address, within the timeout. Needs root (ip netns).
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <chrono>
+#include <memory>
+
+#include "test_support.h"
+
+using namespace minipretrain::test;
+
+namespace {
+
+constexpr int kSteps = 4;
+const std::string kMasterAddr = "10.77.0.1";
+
+std::string ip_tool() {
+  for (const char* path : {"/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"})
+    if (::access(path, X_OK) == 0) return path;
+  return "";
+}
+
+ProcessResult sh(const std::string& script) { return run({"/bin/sh", "-c", script}, {}, 30); }
+
+size_t occurrences(const std::string& text, const std::string& part) {
+  size_t n = 0;
+  for (size_t at = text.find(part); at != std::string::npos; at = text.find(part, at + 1)) ++n;
+  return n;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace
+
+class TwoNodes : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ip_ = ip_tool();
+    if (ip_.empty()) GTEST_SKIP() << "no ip(8) from iproute2 on this machine";
+    // Named after this process, so that test processes running side by side do not collide.
+    const std::string tag = "mp" + std::to_string(::getpid());
+    ns_[0] = tag + "a";
+    ns_[1] = tag + "b";
+    veth_[0] = tag + "va";
+    veth_[1] = tag + "vb";
+    const ProcessResult added = sh(ip_ + " netns add " + ns_[0]);
+    if (added.exit_code != 0) GTEST_SKIP() << "cannot create a network namespace (needs root): " << added.output;
+    const ProcessResult joined = sh("set -e\n" + ip_ + " netns add " + ns_[1] + "\n" +
+                                    ip_ + " link add " + veth_[0] + " type veth peer name " + veth_[1] + "\n" +
+                                    node_setup(0, "10.77.0.1/24") + node_setup(1, "10.77.0.2/24"));
+    if (joined.exit_code != 0) GTEST_SKIP() << "cannot join two network namespaces by a veth pair: " << joined.output;
+  }
+
+  // Runs after a failed or skipped SetUp too; deleting a namespace deletes the
+  // veth end inside it, and with it the pair.
+  void TearDown() override {
+    if (ns_[0].empty()) return;
+    sh(ip_ + " netns del " + ns_[0] + " 2>/dev/null; " + ip_ + " netns del " + ns_[1] + " 2>/dev/null; " + ip_ +
+       " link del " + veth_[0] + " 2>/dev/null; true");
+  }
+
+  // scripts/launch_pretrain.sh as node `node` of two, inside its namespace,
+  // with GLOO_SOCKET_IFNAME unset unless `settings` sets it (`settings` come
+  // last: they override MASTER_ADDR too).
+  std::unique_ptr<Process> launch(int node, const std::string& port, const std::vector<std::string>& settings,
+                                  const std::vector<std::string>& args) const {
+    std::vector<std::string> argv{ip_, "netns", "exec", ns_[node], "env", "-u", "GLOO_SOCKET_IFNAME",
+                                  "NNODES=2", "NODE_RANK=" + std::to_string(node), "MASTER_ADDR=" + kMasterAddr,
+                                  "MASTER_PORT=" + port, "MINIPRETRAIN_BIN=" + binary()};
+    argv.insert(argv.end(), settings.begin(), settings.end());
+    argv.insert(argv.end(), {"timeout", "-k", "10", "120", "/bin/bash",
+                             std::string(MINIPRETRAIN_SOURCE_DIR) + "/scripts/launch_pretrain.sh"});
+    argv.insert(argv.end(), args.begin(), args.end());
+    return std::make_unique<Process>(argv, std::map<std::string, std::string>{});
+  }
+
+  std::string ip_;
+  std::string ns_[2], veth_[2];
+
+ private:
+  std::string node_setup(int node, const std::string& cidr) const {
+    const std::string in_ns = ip_ + " -n " + ns_[node];
+    return ip_ + " link set " + veth_[node] + " netns " + ns_[node] + "\n" + in_ns + " addr add " + cidr + " dev " +
+           veth_[node] + "\n" + in_ns + " link set " + veth_[node] + " up\n" + in_ns + " link set lo up\n";
+  }
+};
+
+TEST_F(TwoNodes, TensorParallelInsideANodePipelineAcrossNodesEqualsOneProcess) {
+  const std::string base = fresh_dir("two_nodes_base"), out = fresh_dir("two_nodes");
+  expect_all_succeeded(run_ranks(1, tiny_args(base, kSteps)));
+  // 2 processes per node, TP 2 x PP 2: ranks 0 and 1 (stage 0) on node 0, ranks 2 and 3 (stage 1) on node 1.
+  const std::string port = std::to_string(free_port());
+  const std::vector<std::string> settings{"NPROC_PER_NODE=2", "TP_SIZE=2", "PP_SIZE=2"};
+  auto node0 = launch(0, port, settings, tiny_args(out, kSteps));
+  auto node1 = launch(1, port, settings, tiny_args(out, kSteps));
+  const ProcessResult r0 = node0->wait(150), r1 = node1->wait(150);
+  ASSERT_EQ(r0.exit_code, 0) << "node 0:\n" << r0.output << "\nnode 1:\n" << r1.output;
+  ASSERT_EQ(r1.exit_code, 0) << "node 1:\n" << r1.output << "\nnode 0:\n" << r0.output;
+  // Said once per node, by its local rank 0.
+  EXPECT_EQ(occurrences(r0.output, "Gloo binds to "), 1u) << r0.output;
+  EXPECT_EQ(occurrences(r1.output, "Gloo binds to "), 1u) << r1.output;
+  EXPECT_NE(r0.output.find("Gloo binds to 10.77.0.1 on " + veth_[0]), std::string::npos) << r0.output;
+  EXPECT_NE(r1.output.find("Gloo binds to 10.77.0.2 on " + veth_[1]), std::string::npos) << r1.output;
+  expect_same_losses(base, out, kSteps, 1e-5);
+  expect_same_weights(base, out, 1e-4);
+}
+
+TEST_F(TwoNodes, AMasterAddressThatIsTheLoopbackOnTheMastersNodeStillJoinsTheNodes) {
+  // As MASTER_ADDR=node0 where node0 maps its own name to 127.0.1.1: node 0
+  // reaches the master over the loopback, node 1 over the veth pair.
+  const std::string out = fresh_dir("two_nodes_loopback_master");
+  const std::string port = std::to_string(free_port());
+  auto node0 = launch(0, port, {"NPROC_PER_NODE=1", "PP_SIZE=2", "MASTER_ADDR=127.0.0.1"}, tiny_args(out, 2));
+  auto node1 = launch(1, port, {"NPROC_PER_NODE=1", "PP_SIZE=2"}, tiny_args(out, 2));
+  const ProcessResult r0 = node0->wait(150), r1 = node1->wait(150);
+  ASSERT_EQ(r0.exit_code, 0) << "node 0:\n" << r0.output << "\nnode 1:\n" << r1.output;
+  ASSERT_EQ(r1.exit_code, 0) << "node 1:\n" << r1.output << "\nnode 0:\n" << r0.output;
+  EXPECT_NE(r0.output.find("Gloo binds to 10.77.0.1 on " + veth_[0] +
+                           ": the local address that routes to rank 1 at 10.77.0.2"),
+            std::string::npos)
+      << r0.output;
+}
+
+TEST_F(TwoNodes, ANodeWhoseMasterNeverAnswersFailsNamingItWithinTheTimeout) {
+  std::vector<std::string> args = tiny_args(fresh_dir("two_nodes_no_master"), kSteps);
+  args.insert(args.end(), {"--dist-timeout", "5"});
+  const std::string port = std::to_string(free_port());
+  const auto start = std::chrono::steady_clock::now();
+  const ProcessResult r = launch(1, port, {"NPROC_PER_NODE=2", "TP_SIZE=2", "PP_SIZE=2"}, args)->wait(60);
+  EXPECT_NE(r.exit_code, -1) << "still running after 60 s:\n" << r.output;
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_LT(seconds_since(start), 30) << r.output;
+  EXPECT_NE(r.output.find("cannot reach the rendezvous at " + kMasterAddr + ":" + port), std::string::npos)
+      << r.output;
+}
+
+TEST_F(TwoNodes, AGlooAddressTheOtherNodeCannotReachStopsEveryRankWithinTheTimeout) {
+  // The rendezvous works, but GLOO_SOCKET_IFNAME=lo gives each rank the
+  // loopback of its own node as its Gloo address.
+  std::vector<std::string> args = tiny_args(fresh_dir("two_nodes_loopback"), kSteps);
+  args.insert(args.end(), {"--dist-timeout", "10"});
+  const std::string port = std::to_string(free_port());
+  const std::vector<std::string> settings{"NPROC_PER_NODE=1", "PP_SIZE=2", "GLOO_SOCKET_IFNAME=lo"};
+  const auto start = std::chrono::steady_clock::now();
+  auto node0 = launch(0, port, settings, args);
+  auto node1 = launch(1, port, settings, args);
+  for (const ProcessResult& r : {node0->wait(60), node1->wait(60)}) {
+    EXPECT_NE(r.exit_code, -1) << "still running after 60 s:\n" << r.output;
+    EXPECT_NE(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("(Gloo address 127.0.0.1) cannot reach rank "), std::string::npos) << r.output;
+  }
+  EXPECT_LT(seconds_since(start), 25);
+}
