@@ -113,7 +113,9 @@ Field field_for(std::string key, std::string help, std::vector<int64_t>& member)
       try {
         field_for(key, "", value).parse(text.substr(start, comma - start));
       } catch (const ConfigError&) {
-        throw ConfigError("--" + key + " must be integers separated by commas, e.g. 7,5, got '" + text + "'");
+        std::string flag = "--" + key;
+        std::replace(flag.begin(), flag.end(), '_', '-');
+        throw ConfigError(flag + " must be integers separated by commas, e.g. 7,5, got '" + text + "'");
       }
       values.push_back(value);
       start = comma + 1;
