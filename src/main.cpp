@@ -160,10 +160,10 @@ std::string first_line(const std::string& text) { return text.substr(0, text.fin
 int main(int argc, char** argv) {
   const auto launched = std::chrono::steady_clock::now();
   keep_freed_memory();
-  // Tokenizer training and preprocessing belong to minipretrain-text.
-  if (argc > 1 && (std::string(argv[1]) == "tokenizer" || std::string(argv[1]) == "preprocess")) {
+  // Tokenizer training and preprocessing belong to minipretrain-text, which
+  // keeps our argv[0] so that its --help shows `minipretrain tokenizer`.
+  if (argc > 1 && is_text_tool_command(argv[1])) {
     const std::string tool = text_tool_path();
-    argv[0] = const_cast<char*>(tool.c_str());
     ::execv(tool.c_str(), argv);
     fail(1, "cannot run " + tool);
   }

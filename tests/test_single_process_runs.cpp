@@ -145,6 +145,7 @@ TEST(Run, BadInputsExitWithOneClearLine) {
       {{"--precision", "fp8"}, {}, 2, "precision must be auto, fp32 or bf16, got 'fp8'"},
       {{"--config", bad_json}, {}, 2, "is not valid JSON"},
       {{"--config", out + "/missing.json"}, {}, 2, "cannot read config file"},
+      {{"--config", out + "/"}, {}, 2, "config file '" + out + "/' is a directory, not a JSON file"},
       {{"--data-dir", out + "/nowhere"}, {}, 2, "cannot read"},
       {{"--data-dir", truncated}, {}, 2, "not a multiple of the dtype size 2"},
       {{"--min-lr", "1"}, {}, 2, "min_lr 1 is greater than learning_rate 0.003"},
@@ -178,6 +179,24 @@ TEST(Run, PortInUseIsAClearError) {
   ::close(fd);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("cannot serve the rendezvous on 127.0.0.1:" + port), std::string::npos) << r.output;
+}
+
+// A rank that waits for the others at the rendezvous, or cannot reach it,
+// says where it waited and for how long (not c10d's "Socket Timeout").
+TEST(Run, MissingPeersNameTheRendezvousAndTheWait) {
+  const std::string port = std::to_string(free_port());
+  std::vector<std::string> args = tiny_args(fresh_dir("missing_peers"), 2);
+  args.insert(args.end(), {"--dist-timeout", "2"});
+  for (const char* rank : {"0", "1"}) {
+    ProcessResult r = run_binary(args, {{"RANK", rank}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"},
+                                        {"MASTER_PORT", port}});
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    const std::string message =
+        std::string(rank) == "0" ? " at the rendezvous 127.0.0.1:" + port + " for all 2 processes, and only 1 arrived"
+                                 : "rank 1 cannot reach the rendezvous at 127.0.0.1:" + port + " (tried for ";
+    EXPECT_NE(r.output.find(message), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("Socket Timeout"), std::string::npos) << r.output;
+  }
 }
 
 TEST(Run, PrintConfigShowsTheParameterCount) {

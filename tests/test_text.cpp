@@ -142,3 +142,40 @@ TEST(Text, TrainOnPreprocessedTextThenGenerate) {
   EXPECT_EQ(r.output, minipretrain_run({"generate", "--checkpoint", dir + "/out", "--tokenizer", model, "--prompt",
                                         "the king", "--max-new-tokens", "8", "--seed", "3"}).output);
 }
+
+// SentencePiece's own messages name its source lines (trainer_interface.cc(428)
+// [!sentences_.empty()]); ours name the file and what is wrong with it.
+TEST(Text, EmptyInputOrNotATokenizerSaysWhichFile) {
+  const std::string dir = fresh_dir("text_first_errors");
+  {
+    std::ofstream(dir + "/empty.txt");
+    std::ofstream(dir + "/blank.txt") << "\n  \n\n";
+    std::ofstream(dir + "/corpus.txt") << "the king speaks of war and peace\n";
+  }
+  for (const std::string& input : {dir + "/empty.txt", dir + "/blank.txt"}) {
+    ProcessResult r = minipretrain_run({"tokenizer", "--input", input, "--vocab-size", "320", "--output",
+                                        dir + "/tok.model"});
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find("the input has no text: '" + input + "'"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("Internal"), std::string::npos) << r.output;
+    EXPECT_FALSE(fs::exists(dir + "/tok.model"));
+  }
+
+  const std::string text = dir + "/corpus.txt";
+  const std::vector<std::pair<std::string, std::string>> models = {
+      {text, "cannot load tokenizer '" + text + "': not a SentencePiece model file"},
+      {dir, "cannot load tokenizer '" + dir + "': it is a directory"},
+      {dir + "/nowhere.model", "cannot load tokenizer '" + dir + "/nowhere.model': no such file"},
+  };
+  for (const auto& [model, message] : models) {
+    ProcessResult r = minipretrain_run({"preprocess", "--tokenizer", model, "--input", text, "--output-prefix",
+                                        dir + "/out", "--no-progress"});
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find(message), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("Internal"), std::string::npos) << r.output;
+    r = minipretrain_run({"generate", "--checkpoint", dir, "--tokenizer", model, "--prompt", "the king"});
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find(message), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("Internal"), std::string::npos) << r.output;
+  }
+}

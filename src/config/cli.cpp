@@ -13,8 +13,9 @@ namespace {
 
 void add_generate(CLI::App& app, GenerateCommand& c) {
   CLI::App* sub = app.add_subcommand("generate", "sample text from a checkpoint");
-  sub->add_option("--checkpoint", c.checkpoint, "checkpoint directory, or an output dir for its newest")->required();
-  sub->add_option("--tokenizer", c.tokenizer, "SentencePiece .model")->required();
+  sub->add_option("--checkpoint", c.checkpoint, "checkpoint directory, or an output dir for its newest")
+      ->required()->type_name("PATH");
+  sub->add_option("--tokenizer", c.tokenizer, "SentencePiece .model")->required()->type_name("PATH");
   sub->add_option("--prompt", c.prompt, "text to continue")->required();
   sub->add_option("--max-new-tokens", c.max_new_tokens, "tokens to sample")->capture_default_str();
   sub->add_option("--temperature", c.temperature, "0: greedy")->capture_default_str();
@@ -24,9 +25,26 @@ void add_generate(CLI::App& app, GenerateCommand& c) {
 
 void add_export(CLI::App& app, ExportCommand& c) {
   CLI::App* sub = app.add_subcommand("export", "checkpoint of any layout -> Hugging Face LlamaForCausalLM directory");
-  sub->add_option("--checkpoint", c.checkpoint, "checkpoint directory, or an output dir for its newest")->required();
-  sub->add_option("--output", c.output, "directory to write")->required();
-  sub->add_option("--tokenizer", c.tokenizer, "SentencePiece .model to copy beside the weights");
+  sub->add_option("--checkpoint", c.checkpoint, "checkpoint directory, or an output dir for its newest")
+      ->required()->type_name("PATH");
+  sub->add_option("--output", c.output, "directory to write")->required()->type_name("PATH");
+  sub->add_option("--tokenizer", c.tokenizer, "SentencePiece .model to copy beside the weights")->type_name("PATH");
+}
+
+// Listed in --help only: main() hands these command lines to minipretrain-text
+// before they reach the parser here.
+void add_text_tool_commands(CLI::App& app) {
+  for (const TextToolCommand& c : kTextToolCommands) app.add_subcommand(c.name, c.description)->prefix_command();
+}
+
+// How --help shows a field's value: as its binder names it, or else as its
+// default suggests.
+std::string shown_type(const Field& f, const nlohmann::json& value) {
+  if (!f.type_name.empty()) return f.type_name;
+  if (value.is_boolean()) return "BOOLEAN";
+  if (value.is_number_integer()) return "INT";
+  if (value.is_number()) return "FLOAT";
+  return "TEXT";
 }
 
 }  // namespace
@@ -35,7 +53,7 @@ std::optional<CommandLine> parse_command_line(int argc, const char* const* argv)
   CLI::App app{"minipretrain: pretrain a Llama-style model with data, tensor and pipeline parallelism", "minipretrain"};
   std::string config_path;
   CommandLine result;
-  app.add_option("--config", config_path, "JSON file of settings; flags given here override it");
+  app.add_option("--config", config_path, "JSON file of settings; flags given here override it")->type_name("PATH");
   app.add_flag("--print-config", result.print_config,
                "print the resolved configuration and the parameter counts, then exit");
 
@@ -45,20 +63,24 @@ std::optional<CommandLine> parse_command_line(int argc, const char* const* argv)
   std::map<std::string, std::string> given;
   std::map<std::string, std::vector<std::string>> given_lists;
   for (const Field& f : fields) {
+    const nlohmann::json value = f.get();
     if (f.list) {
-      app.add_option(f.flag(), given_lists[f.key], f.help)->expected(1, -1);
+      app.add_option(f.flag(), given_lists[f.key], f.help)->expected(1, -1)->type_name(shown_type(f, value));
       continue;
     }
-    const nlohmann::json value = f.get();
     const std::string shown = value.is_null() ? "" : (value.is_string() ? value.get<std::string>() : value.dump());
     // The last occurrence wins, so a launcher's flags can be overridden after it.
     app.add_option(f.flag(), given[f.key], f.help + (shown.empty() ? "" : " [default: " + shown + "]"))
-        ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast)
+        ->type_name(shown_type(f, value));
   }
 
   add_generate(app, result.generate);
   add_export(app, result.export_model);
+  add_text_tool_commands(app);
   app.require_subcommand(0, 1);
+  // After the subcommands, which would inherit it.
+  app.footer(std::string("Run 'minipretrain SUBCOMMAND --help' for the options of a subcommand."));
 
   try {
     app.parse(argc, argv);
@@ -70,6 +92,8 @@ std::optional<CommandLine> parse_command_line(int argc, const char* const* argv)
   }
 
   for (const CLI::App* sub : app.get_subcommands()) result.command = sub->get_name();
+  if (is_text_tool_command(result.command))
+    throw ConfigError("'" + result.command + "' must come first: minipretrain " + result.command + " [OPTIONS]");
   result.config = config_path.empty() ? Config{} : load_config_file(config_path);
   std::vector<Field> targets = config_fields(result.config);
   for (Field& f : targets)

@@ -1,6 +1,7 @@
 #include "minipretrain/config/config.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -204,6 +205,9 @@ void apply_json(Config& config, const nlohmann::json& json, const std::string& o
 }
 
 Config load_config_file(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw ConfigError("config file '" + path + "' is a directory, not a JSON file");
   std::ifstream in(path);
   if (!in) throw ConfigError("cannot read config file '" + path + "'");
   nlohmann::json json;
@@ -211,6 +215,8 @@ Config load_config_file(const std::string& path) {
     json = nlohmann::json::parse(in);
   } catch (const nlohmann::json::parse_error& e) {
     throw ConfigError("config file '" + path + "' is not valid JSON: " + e.what());
+  } catch (const std::ios_base::failure& e) {  // a read error after the file opened
+    throw ConfigError("cannot read config file '" + path + "': " + e.what());
   }
   Config config;
   apply_json(config, json, path);

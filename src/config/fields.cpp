@@ -13,6 +13,7 @@ std::string type_name(const json& value) { return value.type_name(); }
 // parse command-line text for a member, and names the key in its errors.
 Field field_for(std::string key, std::string help, int64_t& member) {
   Field f{key, std::move(help), nullptr, nullptr, nullptr};
+  f.type_name = "INT";
   f.get = [&member] { return json(member); };
   f.set = [key, &member](const json& v) {
     if (!v.is_number_integer())
@@ -34,6 +35,7 @@ Field field_for(std::string key, std::string help, int64_t& member) {
 
 Field field_for(std::string key, std::string help, std::optional<int64_t>& member) {
   Field f{key, std::move(help), nullptr, nullptr, nullptr};
+  f.type_name = "INT";
   f.get = [&member] { return member ? json(*member) : json(nullptr); };
   f.set = [key, &member](const json& v) {
     if (v.is_null()) { member.reset(); return; }
@@ -51,6 +53,7 @@ Field field_for(std::string key, std::string help, std::optional<int64_t>& membe
 
 Field field_for(std::string key, std::string help, double& member) {
   Field f{key, std::move(help), nullptr, nullptr, nullptr};
+  f.type_name = "FLOAT";
   f.get = [&member] { return json(member); };
   f.set = [key, &member](const json& v) {
     if (!v.is_number())
@@ -72,6 +75,7 @@ Field field_for(std::string key, std::string help, double& member) {
 
 Field field_for(std::string key, std::string help, std::string& member) {
   Field f{key, std::move(help), nullptr, nullptr, nullptr};
+  f.type_name = "TEXT";
   f.get = [&member] { return json(member); };
   f.set = [key, &member](const json& v) {
     if (!v.is_string())
@@ -84,6 +88,7 @@ Field field_for(std::string key, std::string help, std::string& member) {
 
 Field field_for(std::string key, std::string help, std::vector<std::string>& member) {
   Field f{key, std::move(help), nullptr, nullptr, nullptr};
+  f.type_name = "TEXT";
   f.list = true;
   f.get = [&member] { return json(member); };
   f.set = [key, &member](const json& v) {
@@ -98,6 +103,7 @@ Field field_for(std::string key, std::string help, std::vector<std::string>& mem
 // Integers separated by commas on the command line ("7,5"), an array in JSON.
 Field field_for(std::string key, std::string help, std::vector<int64_t>& member) {
   Field f{key, std::move(help), nullptr, nullptr, nullptr};
+  f.type_name = "INT,...";
   f.get = [&member] { return json(member); };
   f.set = [key, &member](const json& v) {
     const bool ints = v.is_array() && std::all_of(v.begin(), v.end(), [](const json& e) { return e.is_number_integer(); });
@@ -122,6 +128,20 @@ Field field_for(std::string key, std::string help, std::vector<int64_t>& member)
     }
     member = values;
   };
+  return f;
+}
+
+// A text field whose value is a file or directory, or one of a few words: so
+// that --help can say so.
+Field path(Field f) {
+  f.type_name = "PATH";
+  return f;
+}
+
+Field one_of(Field f, const std::vector<std::string>& choices) {
+  f.type_name = "{";
+  for (const std::string& c : choices) f.type_name += (f.type_name.size() > 1 ? "," : "") + c;
+  f.type_name += "}";
   return f;
 }
 
@@ -157,18 +177,19 @@ std::vector<Field> config_fields(Config& c) {
       field_for("grad_clip", "clip the global gradient norm to this (0: off)", t.grad_clip),
       field_for("warmup_ratio", "fraction of max_steps spent in linear warm-up", t.warmup_ratio),
       field_for("seed", "seed of the weights and the data order", t.seed),
-      field_for("device", "auto, cpu or cuda", t.device),
+      one_of(field_for("device", "auto, cpu or cuda", t.device), {"auto", "cpu", "cuda"}),
       field_for("num_threads", "intra-op threads per process (0: cores / local processes)", t.num_threads),
-      field_for("resume", "checkpoint directory to resume from, or 'auto' for the newest", t.resume),
-      field_for("precision", "fp32, bf16 (fp32 master weights and gradients), or auto: bf16 where the hardware has it",
-                t.precision),
-      field_for("recompute", "none, or full: recompute each decoder layer in backward to save activation memory",
-                t.recompute),
-      field_for("dump_first_step", "directory to write step 1's logits and gradients (for layout checks)", t.dump_first_step),
+      path(field_for("resume", "checkpoint directory to resume from, or 'auto' for the newest", t.resume)),
+      one_of(field_for("precision", "fp32, bf16 (fp32 master weights and gradients), or auto: bf16 where the hardware has it",
+                       t.precision), {"auto", "fp32", "bf16"}),
+      one_of(field_for("recompute", "none, or full: recompute each decoder layer in backward to save activation memory",
+                       t.recompute), {"none", "full"}),
+      path(field_for("dump_first_step", "directory to write step 1's logits and gradients (for layout checks)",
+                     t.dump_first_step)),
       field_for("tensor_parallel_size", "tensor-parallel ranks", p.tensor_parallel_size),
       field_for("pipeline_parallel_size", "pipeline stages", p.pipeline_parallel_size),
       field_for("num_microbatches", "microbatches per step per data-parallel rank", p.num_microbatches),
-      field_for("pipeline_schedule", "gpipe or 1f1b", p.pipeline_schedule),
+      one_of(field_for("pipeline_schedule", "gpipe or 1f1b", p.pipeline_schedule), {"gpipe", "1f1b"}),
       field_for("pipeline_layer_split", "decoder layers per stage, e.g. 7,5 (default: balanced by compute)",
                 p.pipeline_layer_split),
       field_for("dist_timeout", "seconds before the rendezvous, the peer check or a stuck collective fails",
@@ -177,13 +198,13 @@ std::vector<Field> config_fields(Config& c) {
       field_for("master_addr", "rendezvous host (default: MASTER_ADDR)", p.master_addr),
       field_for("master_port", "rendezvous port (default: MASTER_PORT)", p.master_port),
       field_for("data_path", "Megatron indexed datasets: PREFIX ... or WEIGHT PREFIX ... (blended)", c.data.data_path),
-      field_for("data_dir", "packed token directory (default: synthetic Markov data)", c.data.data_dir),
+      path(field_for("data_dir", "packed token directory (default: synthetic Markov data)", c.data.data_dir)),
       field_for("num_train_samples", "samples in the synthetic corpus", c.data.num_train_samples),
       field_for("valid_data_path", "validation indexed datasets (instead of --split)", c.data.valid_data_path),
       field_for("split", "train,valid shares of the training data, e.g. 98,2", c.data.split),
       field_for("eval_interval", "steps between validation runs (and one at the end)", c.data.eval_interval),
       field_for("eval_iters", "global batches per validation run", c.data.eval_iters),
-      field_for("output_dir", "checkpoints and metrics.jsonl go here", c.log.output_dir),
+      path(field_for("output_dir", "checkpoints and metrics.jsonl go here", c.log.output_dir)),
       field_for("log_interval", "steps between log lines", c.log.log_interval),
       field_for("save_interval", "steps between checkpoints", c.log.save_interval),
       field_for("exit_interval", "save a checkpoint and exit after a step divisible by this (0: never)",

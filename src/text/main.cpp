@@ -4,6 +4,7 @@
 // it to encode, decode and describe a tokenizer. Exit codes: 0 done, 2 bad
 // input, 1 anything else.
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <iterator>
 #include <sstream>
@@ -12,6 +13,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "minipretrain/config/cli.h"
 #include "minipretrain/config/config.h"
 #include "minipretrain/text/preprocess.h"
 #include "minipretrain/text/tokenizer.h"
@@ -22,26 +24,38 @@ namespace {
 
 std::string read_stdin() { return std::string(std::istreambuf_iterator<char>(std::cin), {}); }
 
+// The description that `minipretrain --help` shows as well (config/cli.h).
+std::string description(std::string_view command) {
+  for (const TextToolCommand& c : kTextToolCommands)
+    if (command == c.name) return c.description;
+  return "";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"minipretrain-text: SentencePiece tokenizers and Megatron-format preprocessing", "minipretrain-text"};
+  // Named as it was called: `minipretrain tokenizer --help` shows the usage
+  // of `minipretrain tokenizer`, which hands its command line over to us.
+  std::string name = argc > 0 ? std::filesystem::path(argv[0]).filename().string() : "";
+  if (name.empty()) name = "minipretrain-text";
+  CLI::App app{"minipretrain-text: SentencePiece tokenizers and Megatron-format preprocessing", name};
   app.require_subcommand(1);
 
   std::vector<std::string> inputs;
   int64_t vocab_size = 32000;
   std::string output = "tokenizer.model", model;
-  CLI::App* train = app.add_subcommand("tokenizer", "train a SentencePiece BPE tokenizer (unk 0, bos 1, eos 2)");
-  train->add_option("--input", inputs, "text files")->required()->expected(1, -1);
+  CLI::App* train = app.add_subcommand("tokenizer", description("tokenizer"));
+  train->add_option("--input", inputs, "text files")->required()->expected(1, -1)->type_name("PATH");
   train->add_option("--vocab-size", vocab_size, "pieces")->capture_default_str();
-  train->add_option("--output", output, "the .model file to write")->capture_default_str();
+  train->add_option("--output", output, "the .model file to write")->capture_default_str()->type_name("PATH");
 
   PreprocessOptions pre;
-  CLI::App* preprocess_cmd = app.add_subcommand("preprocess", "text or JSON Lines -> Megatron indexed dataset");
-  preprocess_cmd->add_option("--tokenizer", pre.tokenizer, "SentencePiece .model")->required();
+  CLI::App* preprocess_cmd = app.add_subcommand("preprocess", description("preprocess"));
+  preprocess_cmd->add_option("--tokenizer", pre.tokenizer, "SentencePiece .model")->required()->type_name("PATH");
   preprocess_cmd->add_option("--input", pre.inputs, "text files (a document per line) or .jsonl files")
-      ->required()->expected(1, -1);
-  preprocess_cmd->add_option("--output-prefix", pre.output_prefix, "writes PREFIX.bin and PREFIX.idx")->required();
+      ->required()->expected(1, -1)->type_name("PATH");
+  preprocess_cmd->add_option("--output-prefix", pre.output_prefix, "writes PREFIX.bin and PREFIX.idx")
+      ->required()->type_name("PREFIX");
   preprocess_cmd->add_option("--json-key", pre.json_key, "the text's key in JSON Lines")->capture_default_str();
   preprocess_cmd->add_flag("--blank-line-documents", pre.blank_line_documents,
                            "text: documents are separated by blank lines");
@@ -52,7 +66,8 @@ int main(int argc, char** argv) {
   CLI::App* encode = app.add_subcommand("encode", "stdin text -> token ids on stdout");
   CLI::App* decode = app.add_subcommand("decode", "token ids on stdin -> text on stdout");
   CLI::App* info = app.add_subcommand("info", "vocab_size, bos_id and eos_id as JSON");
-  for (CLI::App* sub : {encode, decode, info}) sub->add_option("--tokenizer", model, "SentencePiece .model")->required();
+  for (CLI::App* sub : {encode, decode, info})
+    sub->add_option("--tokenizer", model, "SentencePiece .model")->required()->type_name("PATH");
 
   CLI11_PARSE(app, argc, argv);
   try {

@@ -11,11 +11,42 @@
 #include "minipretrain/config/config.h"
 
 namespace minipretrain {
+namespace fs = std::filesystem;
+namespace {
+
+// Whether the file holds a line with something besides whitespace: what
+// SentencePiece needs to find at least one sentence.
+bool has_text(const std::string& path) {
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);)
+    if (line.find_first_not_of(" \t\r\f\v") != std::string::npos) return true;
+  return false;
+}
+
+// 'a', 'b' and 'c'
+std::string quoted_list(const std::vector<std::string>& names) {
+  std::string out;
+  for (size_t i = 0; i < names.size(); ++i)
+    out += (i == 0 ? "" : i + 1 == names.size() ? " and " : ", ") + ("'" + names[i] + "'");
+  return out;
+}
+
+}  // namespace
 
 Tokenizer::Tokenizer(const std::string& model_path)
     : processor_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {
+  // SentencePiece's own messages name its source lines, not the problem.
+  const std::string cannot = "cannot load tokenizer '" + model_path + "': ";
+  std::error_code ec;
+  if (!fs::exists(model_path, ec)) throw ConfigError(cannot + "no such file");
+  if (fs::is_directory(model_path, ec))
+    throw ConfigError(cannot + "it is a directory, not a SentencePiece .model file");
   const auto status = processor_->Load(model_path);
-  if (!status.ok()) throw ConfigError("cannot load tokenizer '" + model_path + "': " + status.ToString());
+  using sentencepiece::util::StatusCode;
+  if (status.code() == StatusCode::kNotFound || status.code() == StatusCode::kPermissionDenied)
+    throw ConfigError(cannot + "cannot read the file (" + status.message() + ")");
+  if (!status.ok() || processor_->GetPieceSize() == 0)
+    throw ConfigError(cannot + "not a SentencePiece model file (such as `minipretrain tokenizer` writes)");
 }
 
 Tokenizer::~Tokenizer() = default;
@@ -24,9 +55,14 @@ void Tokenizer::train(const std::vector<std::string>& inputs, int64_t vocab_size
   if (inputs.empty()) throw ConfigError("tokenizer: no --input file");
   std::string files;
   for (const auto& f : inputs) {
+    std::error_code ec;
+    if (fs::is_directory(f, ec)) throw ConfigError("tokenizer: input '" + f + "' is a directory, not a text file");
     if (!std::ifstream(f)) throw ConfigError("tokenizer: cannot read input '" + f + "'");
     files += (files.empty() ? "" : ",") + f;
   }
+  const std::string named = quoted_list(inputs) + (inputs.size() == 1 ? " holds" : " hold");
+  if (std::none_of(inputs.begin(), inputs.end(), has_text))
+    throw ConfigError("tokenizer: the input has no text: " + named + " only empty or blank lines");
   std::string prefix = output_model;
   if (prefix.size() > 6 && prefix.compare(prefix.size() - 6, 6, ".model") == 0) prefix.resize(prefix.size() - 6);
   const std::string args = "--input=" + files + " --model_prefix=" + prefix + " --vocab_size=" +
@@ -37,6 +73,10 @@ void Tokenizer::train(const std::vector<std::string>& inputs, int64_t vocab_size
                            " --byte_fallback=true --minloglevel=1 --num_threads=" +
                            std::to_string(std::max(1u, std::thread::hardware_concurrency()));
   const auto status = sentencepiece::SentencePieceTrainer::Train(args);
+  // SentencePiece also skips the lines longer than its max_sentence_length.
+  if (!status.ok() && std::string(status.message()).find("sentences_.empty()") != std::string::npos)
+    throw ConfigError("tokenizer: the input has no usable text: " + named +
+                      " no line of text of at most 4192 bytes (SentencePiece skips longer lines)");
   if (!status.ok()) throw ConfigError("tokenizer training failed: " + status.ToString());
   if (prefix + ".model" != output_model) std::filesystem::rename(prefix + ".model", output_model);
 }

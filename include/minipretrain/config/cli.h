@@ -3,16 +3,39 @@
 // the command line win over the file) and --print-config. Subcommands:
 //   generate    sample text from a checkpoint
 //   export      checkpoint -> Hugging Face Llama directory
-// (`tokenizer` and `preprocess` run minipretrain-text; see src/main.cpp.)
+//   tokenizer, preprocess: run by minipretrain-text (kTextToolCommands)
+// `minipretrain --help` lists them all, one line each, and every
+// `minipretrain SUBCOMMAND --help` describes its options.
 #pragma once
 
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "minipretrain/config/config.h"
 
 namespace minipretrain {
+
+// The subcommands that the torch-free minipretrain-text runs (text/tokenizer.h
+// says why it is a program of its own). Given one as its first argument,
+// minipretrain hands the whole command line over to it; its --help lists them
+// with the others. Both programs take the descriptions from here.
+struct TextToolCommand {
+  const char* name;
+  const char* description;
+};
+inline constexpr TextToolCommand kTextToolCommands[] = {
+    {"tokenizer", "train a SentencePiece BPE tokenizer (unk 0, bos 1, eos 2)"},
+    {"preprocess", "text or JSON Lines -> Megatron indexed dataset"},
+};
+
+// Whether `name` is one of kTextToolCommands.
+inline bool is_text_tool_command(std::string_view name) {
+  for (const TextToolCommand& c : kTextToolCommands)
+    if (name == c.name) return true;
+  return false;
+}
 
 struct GenerateCommand {
   std::string checkpoint;  // a checkpoint, or an output dir (its newest checkpoint)

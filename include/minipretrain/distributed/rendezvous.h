@@ -10,8 +10,8 @@
 namespace minipretrain {
 
 // Blocks until all `world_size` processes have connected or `timeout` passes.
-// Throws std::runtime_error with a one-line reason that names MASTER_ADDR:port
-// (port in use, no server, processes missing), on every rank that came.
+// Throws std::runtime_error with a one-line reason (port in use, no server, a
+// process that never came) that names the address, the port and the wait.
 c10::intrusive_ptr<c10d::Store> rendezvous(const std::string& master_addr, int port, int rank, int world_size,
                                            std::chrono::milliseconds timeout);
 

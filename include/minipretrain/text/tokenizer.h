@@ -25,7 +25,8 @@ class Tokenizer {
   ~Tokenizer();
 
   // Trains a BPE model of `vocab_size` pieces (unk 0, bos 1, eos 2) on the
-  // text files and writes it to `output_model`.
+  // text files and writes it to `output_model`. Throws ConfigError naming the
+  // files when they cannot be read or hold no text.
   static void train(const std::vector<std::string>& inputs, int64_t vocab_size, const std::string& output_model);
 
   std::vector<int64_t> encode(const std::string& text) const;  // thread-safe
