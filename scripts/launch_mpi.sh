@@ -16,14 +16,20 @@
 #   MINIPRETRAIN_BIN [<script dir>/../build/minipretrain]; with a hostfile it
 #     must exist at the same path on every host.
 #   MPIRUN_ARGS []: extra mpirun arguments, split on whitespace (no quoting).
+#   KILL_GRACE_SECONDS [30]: how long mpirun lets ranks stop (and save a
+#     checkpoint) after SIGTERM before it SIGKILLs them.
+#   MAX_RESTARTS [0]: when the job fails, run it again with --resume auto (from
+#     the newest checkpoint in --output-dir), at most this many times; the
+#     ranks see the attempt as MINIPRETRAIN_RESTART_COUNT. Not after a signal,
+#     nor after exit code 2 (a bad configuration fails again).
 # Every argument goes to the binary unchanged, after the flags built from the
 # settings above; the binary takes a repeated flag's last value.
 #
 # mpirun handles signals and failures itself. When one rank fails it stops the
 # others and exits with that rank's code. On SIGINT or SIGTERM it sends the
-# ranks SIGTERM, SIGKILLs them 1 s later, and exits 1. A rank that needs longer
-# to stop cleanly (saving a checkpoint) needs a longer grace period:
-#   MPIRUN_ARGS="--mca odls_base_sigkill_timeout 30"
+# ranks SIGTERM, which makes them save a checkpoint and stop, and SIGKILLs
+# those still running KILL_GRACE_SECONDS later; it exits non-zero even when
+# every rank stopped cleanly.
 set -euo pipefail
 
 readonly PROG=launch_mpi
@@ -43,6 +49,8 @@ MICRO_BATCH_SIZE=${MICRO_BATCH_SIZE:-4}
 MAX_STEPS=${MAX_STEPS:-10000}
 MINIPRETRAIN_BIN=${MINIPRETRAIN_BIN:-$(dirname "$0")/../build/minipretrain}
 MPIRUN_ARGS=${MPIRUN_ARGS:-}
+KILL_GRACE_SECONDS=${KILL_GRACE_SECONDS:-30}
+MAX_RESTARTS=${MAX_RESTARTS:-0}
 
 # ---- validation: fail before anything starts, with the setting's name --------
 for name in NPROC_PER_NODE NNODES; do
@@ -51,10 +59,11 @@ done
 NP=${NP:-$((NPROC_PER_NODE * NNODES))}
 # A plain digit pattern (no leading zeros, no sign) also rules out values that
 # bash arithmetic would misread, such as 08 (octal).
-for name in NP MASTER_PORT TP_SIZE PP_SIZE MICRO_BATCH_SIZE MAX_STEPS; do
+for name in NP MASTER_PORT TP_SIZE PP_SIZE MICRO_BATCH_SIZE MAX_STEPS KILL_GRACE_SECONDS; do
   [[ ${!name} =~ ^[1-9][0-9]{0,8}$ ]] || die "$name must be a positive integer, got '${!name}'"
 done
 ((MASTER_PORT <= 65535)) || die "MASTER_PORT must be at most 65535, got $MASTER_PORT"
+[[ $MAX_RESTARTS =~ ^(0|[1-9][0-9]{0,8})$ ]] || die "MAX_RESTARTS must be a non-negative integer, got '$MAX_RESTARTS'"
 if [[ -n $HOSTFILE ]]; then
   [[ -f $HOSTFILE && -r $HOSTFILE ]] || die "HOSTFILE '$HOSTFILE' is not a readable file"
 fi
@@ -93,7 +102,8 @@ bin_args=(--tensor-parallel-size "$TP_SIZE" --pipeline-parallel-size "$PP_SIZE"
 # itself (--num-threads), would all share that core.
 # -x: pass the rendezvous address to every rank, remote ones included; mpirun
 # does not forward the environment to other hosts on its own.
-mpirun_cmd=(mpirun -np "$NP" --bind-to none -x MASTER_ADDR -x MASTER_PORT)
+mpirun_cmd=(mpirun -np "$NP" --bind-to none -x MASTER_ADDR -x MASTER_PORT -x MINIPRETRAIN_RESTART_COUNT
+  --mca odls_base_sigkill_timeout "$KILL_GRACE_SECONDS")
 [[ -n $HOSTFILE ]] && mpirun_cmd+=(--hostfile "$HOSTFILE")
 # Open MPI refuses to run as root unless told to; containers often run as root.
 (($(id -u) == 0)) && mpirun_cmd+=(--allow-run-as-root)
@@ -125,5 +135,35 @@ where="this host"
 [[ -n $HOSTFILE ]] && where="the hosts of $HOSTFILE"
 echo "$PROG: launching $MINIPRETRAIN_BIN via mpirun: $NP process(es) on $where," \
   "master $MASTER_ADDR:$MASTER_PORT" >&2
-# exec: mpirun gets the signals directly and its exit status is ours.
-exec "${mpirun_cmd[@]}" "$MINIPRETRAIN_BIN" "${bin_args[@]}"
+export MINIPRETRAIN_RESTART_COUNT=0
+if ((MAX_RESTARTS == 0)); then
+  # exec: mpirun gets the signals directly and its exit status is ours.
+  exec "${mpirun_cmd[@]}" "$MINIPRETRAIN_BIN" "${bin_args[@]}"
+fi
+
+# With restarts this script stays, runs mpirun in the background and passes a
+# signal on to it (which then stops the job, and no restart follows).
+signalled=""
+mpirun_pid=""
+forward() {  # SIGNAL
+  signalled=$1
+  [[ -n $mpirun_pid ]] && kill -s "$1" "$mpirun_pid" 2>/dev/null
+  return 0
+}
+trap 'forward INT' INT
+trap 'forward TERM' TERM
+while :; do
+  "${mpirun_cmd[@]}" "$MINIPRETRAIN_BIN" "${bin_args[@]}" &
+  mpirun_pid=$!
+  # wait returns early when a trapped signal arrives: then wait again.
+  while :; do
+    wait "$mpirun_pid" && rc=0 || rc=$?
+    kill -0 "$mpirun_pid" 2>/dev/null || break
+  done
+  if ((rc == 0)) || [[ -n $signalled ]] || ((rc == 2 || MINIPRETRAIN_RESTART_COUNT >= MAX_RESTARTS)); then
+    exit "$rc"
+  fi
+  MINIPRETRAIN_RESTART_COUNT=$((MINIPRETRAIN_RESTART_COUNT + 1))
+  ((MINIPRETRAIN_RESTART_COUNT == 1)) && bin_args+=(--resume auto)
+  echo "$PROG: mpirun exited with code $rc; restart $MINIPRETRAIN_RESTART_COUNT of $MAX_RESTARTS with --resume auto" >&2
+done

@@ -16,16 +16,23 @@
 #   LAUNCHER [builtin]: builtin | torchrun
 #   KILL_GRACE_SECONDS [5]: how long ranks get between SIGTERM and SIGKILL
 #     when another rank has failed.
+#   MAX_RESTARTS [0]: when a rank fails, stop all and start them all again
+#     with --resume auto (from the newest checkpoint in --output-dir), at most
+#     this many times (torchrun's --max-restarts). The ranks see the attempt
+#     as MINIPRETRAIN_RESTART_COUNT. Not after a signal, nor after exit code 2
+#     (a bad configuration fails again). With several nodes, each node's
+#     launcher restarts its own ranks; give every node the same MAX_RESTARTS.
 # Every argument goes to the binary unchanged, after the flags built from the
 # settings above (--tensor-parallel-size, --pipeline-parallel-size,
 # --micro-batch-size, --max-steps); the binary takes a repeated flag's last
 # value, so the command line wins over the environment.
 #
-# Exit status: the first failing rank's exit code; 0 when every rank succeeded;
-# 128+N when stopped by signal N; 2 for a bad setting.
+# Exit status: the first failing rank's exit code (of the last attempt); 0 when
+# every rank succeeded, or stopped cleanly after a signal; 2 for a bad setting.
 #
 # Signals: SIGINT, SIGTERM (and SIGHUP, as SIGTERM) are passed on to every rank
-# once, so the binary can stop cleanly; a second signal SIGKILLs the ranks.
+# once, and the launcher waits while the ranks agree on a step, save a
+# checkpoint and exit 0; a second signal SIGKILLs the ranks.
 set -euo pipefail
 
 readonly PROG=launch_pretrain
@@ -48,6 +55,7 @@ MAX_STEPS=${MAX_STEPS:-10000}
 MINIPRETRAIN_BIN=${MINIPRETRAIN_BIN:-$(dirname "$0")/../build/minipretrain}
 LAUNCHER=${LAUNCHER:-builtin}
 KILL_GRACE_SECONDS=${KILL_GRACE_SECONDS:-5}
+MAX_RESTARTS=${MAX_RESTARTS:-0}
 
 # ---- validation: fail before anything starts, with the setting's name --------
 # A plain digit pattern (no leading zeros, no sign) also rules out values that
@@ -56,6 +64,7 @@ for name in NPROC_PER_NODE NNODES MASTER_PORT TP_SIZE PP_SIZE MICRO_BATCH_SIZE M
   [[ ${!name} =~ ^[1-9][0-9]{0,8}$ ]] || die "$name must be a positive integer, got '${!name}'"
 done
 [[ $NODE_RANK =~ ^(0|[1-9][0-9]{0,8})$ ]] || die "NODE_RANK must be a non-negative integer, got '$NODE_RANK'"
+[[ $MAX_RESTARTS =~ ^(0|[1-9][0-9]{0,8})$ ]] || die "MAX_RESTARTS must be a non-negative integer, got '$MAX_RESTARTS'"
 ((NODE_RANK < NNODES)) || die "NODE_RANK=$NODE_RANK must be below NNODES=$NNODES"
 ((MASTER_PORT <= 65535)) || die "MASTER_PORT must be at most 65535, got $MASTER_PORT"
 [[ -n $MASTER_ADDR ]] || die "MASTER_ADDR is empty"
@@ -96,7 +105,11 @@ log "launching $MINIPRETRAIN_BIN via $LAUNCHER: $NNODES node(s) x $NPROC_PER_NOD
 # ---- torchrun: it does the spawning, signal handling and teardown -----------
 if [[ $LAUNCHER == torchrun ]]; then
   # exec, so that signals reach torchrun itself and its exit status is ours.
+  # torchrun restarts with the same arguments: --resume auto from the start
+  # (no checkpoint yet means step 1).
+  ((MAX_RESTARTS == 0)) || bin_args+=(--resume auto)
   exec torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NPROC_PER_NODE" \
+    --max-restarts "$MAX_RESTARTS" \
     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
     --no_python "$MINIPRETRAIN_BIN" "${bin_args[@]}"
 fi
@@ -106,6 +119,7 @@ pids=()      # pids[local_rank]; emptied once that rank has been reaped
 live_count=0
 exit_code=0  # what the script exits with
 stopping=""  # why we are tearing down: "", "failure" or "signal"
+restarts=0   # attempts so far after the first
 
 signal_ranks() {  # SIGNAL: send it to every rank not yet reaped
   local pid
@@ -129,8 +143,7 @@ any_rank_alive() {
 on_signal() {  # SIGNAL NUMBER
   if [[ -z $stopping ]]; then
     stopping=signal
-    exit_code=$((128 + $2))
-    log "got SIG$1, passing it to $live_count rank(s) (a second signal kills them)"
+    log "got SIG$1, passing it to $live_count rank(s), which save a checkpoint and stop (a second signal kills them)"
     # SIGHUP means the terminal went away; the ranks run in sessions of their
     # own and never see it, so ask them to stop the usual way.
     if [[ $1 == HUP ]]; then signal_ranks TERM; else signal_ranks "$1"; fi
@@ -151,7 +164,8 @@ start_rank() {
   # bash starts background commands with SIGINT and SIGQUIT ignored, and a
   # program started that way would never see the SIGINT we pass on.
   trap - INT QUIT TERM HUP EXIT
-  export RANK=$((NODE_RANK * NPROC_PER_NODE + $1)) WORLD_SIZE LOCAL_RANK=$1 LOCAL_WORLD_SIZE=$NPROC_PER_NODE
+  export RANK=$((NODE_RANK * NPROC_PER_NODE + $1)) WORLD_SIZE LOCAL_RANK=$1 LOCAL_WORLD_SIZE=$NPROC_PER_NODE \
+    MINIPRETRAIN_RESTART_COUNT=$restarts
   # setsid (which execs in place, keeping the pid) gives the rank a session of
   # its own, so a Ctrl-C at the terminal reaches only this script, which passes
   # it on once. Otherwise each rank would get SIGINT twice, and a program that
@@ -162,11 +176,14 @@ start_rank() {
   exec "$MINIPRETRAIN_BIN" "${bin_args[@]}"
 }
 
-for ((local_rank = 0; local_rank < NPROC_PER_NODE; local_rank++)); do
-  start_rank "$local_rank" &
-  pids[local_rank]=$!
-  live_count=$((live_count + 1))
-done
+start_ranks() {
+  local local_rank
+  for ((local_rank = 0; local_rank < NPROC_PER_NODE; local_rank++)); do
+    start_rank "$local_rank" &
+    pids[local_rank]=$!
+    live_count=$((live_count + 1))
+  done
+}
 
 # After a failure: SIGTERM to the other ranks, then SIGKILL to those still alive
 # after the grace period. Ranks blocked in a collective with the failed one
@@ -187,30 +204,52 @@ stop_the_rest() {
 # go unnoticed until all the others had exited. `wait PID` still returns such a
 # child's status, so each finished rank is found with kill -0 and collected
 # with `wait PID`.
-while ((live_count > 0)); do
-  for local_rank in "${!pids[@]}"; do
-    pid=${pids[local_rank]}
-    [[ -z $pid ]] && continue                # reaped earlier
-    kill -0 "$pid" 2>/dev/null && continue  # still running
-    rc=0
-    wait "$pid" || rc=$?
-    pids[local_rank]=""  # reaped: never signal or wait on this pid again
-    live_count=$((live_count - 1))
-    if ((rc != 0)) && [[ -z $stopping ]]; then
-      stopping=failure
-      exit_code=$rc
-      log "rank $((NODE_RANK * NPROC_PER_NODE + local_rank)) (local rank $local_rank, pid $pid)" \
-        "exited with code $rc; stopping the other $live_count rank(s)"
-      ((live_count > 0)) && stop_the_rest
-    fi
+wait_for_ranks() {
+  local local_rank pid rc
+  while ((live_count > 0)); do
+    for local_rank in "${!pids[@]}"; do
+      pid=${pids[local_rank]}
+      [[ -z $pid ]] && continue                # reaped earlier
+      kill -0 "$pid" 2>/dev/null && continue  # still running
+      rc=0
+      wait "$pid" || rc=$?
+      pids[local_rank]=""  # reaped: never signal or wait on this pid again
+      live_count=$((live_count - 1))
+      if ((rc != 0)) && [[ -z $stopping ]]; then
+        stopping=failure
+        exit_code=$rc
+        log "rank $((NODE_RANK * NPROC_PER_NODE + local_rank)) (local rank $local_rank, pid $pid)" \
+          "exited with code $rc; stopping the other $live_count rank(s)"
+        ((live_count > 0)) && stop_the_rest
+      elif ((rc != 0 && exit_code == 0)); then
+        exit_code=$rc  # after a signal: a rank that did not stop cleanly
+      fi
+    done
+    ((live_count > 0)) || break
+    # Waiting on a background sleep, not a foreground one, lets a trapped signal
+    # be handled at once instead of after the sleep.
+    sleep 0.2 &
+    wait $! || true
   done
-  ((live_count > 0)) || break
-  # Waiting on a background sleep, not a foreground one, lets a trapped signal
-  # be handled at once instead of after the sleep.
-  sleep 0.2 &
-  wait $! || true
+}
+
+start_ranks
+wait_for_ranks
+# torchrun's --max-restarts: all ranks again, from the newest checkpoint.
+while [[ $stopping == failure ]] && ((restarts < MAX_RESTARTS && exit_code != 2)); do
+  restarts=$((restarts + 1))
+  log "restart $restarts of $MAX_RESTARTS: starting all $NPROC_PER_NODE rank(s) again with --resume auto"
+  ((restarts == 1)) && bin_args+=(--resume auto)
+  pids=()
+  stopping=""
+  exit_code=0
+  start_ranks
+  wait_for_ranks
 done
 
 trap - EXIT
-[[ $stopping == failure ]] && log "exiting with code $exit_code"
+case $stopping in
+  failure) log "exiting with code $exit_code" ;;
+  signal) ((exit_code == 0)) && log "every rank stopped cleanly after the signal; resume with --resume auto" ;;
+esac
 exit "$exit_code"

@@ -16,9 +16,11 @@
 
 #include "minipretrain/checkpoint/checkpoint.h"
 #include "minipretrain/checkpoint/hf_export.h"
+#include "minipretrain/checkpoint/hf_import.h"
 #include "minipretrain/data/text_tool.h"
 #include "minipretrain/model/generate.h"
 #include "minipretrain/config/cli.h"
+#include "minipretrain/config/faults.h"
 #include "minipretrain/distributed/launch_env.h"
 #include "minipretrain/distributed/parallel_state.h"
 #include "minipretrain/model/stage.h"
@@ -143,6 +145,12 @@ void run_export(const ExportCommand& c) {
   std::printf("exported %s to %s\n", dir.c_str(), c.output.c_str());
 }
 
+void run_import(const ImportCommand& c) {
+  import_hugging_face(c.hf_dir, c.output);
+  std::printf("imported %s to %s (weights only: train from it with --init-from %s)\n", c.hf_dir.c_str(),
+              c.output.c_str(), c.output.c_str());
+}
+
 // Exceptions from c10d carry a backtrace over many lines: one line is enough.
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
 
@@ -174,6 +182,7 @@ int main(int argc, char** argv) {
     if (command != "train") {
       if (command == "generate") run_generate(command_line->generate);
       if (command == "export") run_export(command_line->export_model);
+      if (command == "import") run_import(command_line->import_model);
       return 0;
     }
     Config config = command_line->config;
@@ -188,6 +197,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     config.resolve(env.world_size);
+    FaultPlan::from_environment();  // a malformed MINIPRETRAIN_FAULT fails here, before any peer waits
     spdlog::set_pattern(env.world_size > 1 ? "[%H:%M:%S] [rank " + std::to_string(env.rank) + "] %^%l%$ %v"
                                            : "[%H:%M:%S] %^%l%$ %v");
     if (const char* level = std::getenv("MINIPRETRAIN_LOG_LEVEL")) spdlog::set_level(spdlog::level::from_str(level));
@@ -204,9 +214,9 @@ int main(int argc, char** argv) {
       spdlog::info("Start-up took {:.2f} s",
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - launched).count());
     }
-    trainer.run();
+    const bool finished = trainer.run();
     spdlog::info("Peak resident memory of rank {}: {}", parallel.rank(), peak_resident_memory());
-    if (parallel.is_logging_rank()) spdlog::info("Training finished");
+    if (parallel.is_logging_rank() && finished) spdlog::info("Training finished");
     spdlog::shutdown();
     std::fflush(stdout);
     std::_Exit(0);

@@ -40,14 +40,7 @@ TEST(DataParallel, TwoAndFourRanksEqualOneProcess) {
 
 TEST(DataParallel, ADeadRankStopsTheOthers) {
   const std::string out = fresh_dir("dp_kill");
-  const std::string port = std::to_string(free_port());
-  std::vector<std::unique_ptr<Process>> ranks;
-  std::vector<std::string> argv{binary()};
-  for (const auto& a : tiny_args(out, 100000)) argv.push_back(a);
-  for (int r = 0; r < 2; ++r)
-    ranks.push_back(std::make_unique<Process>(argv, std::map<std::string, std::string>{
-        {"RANK", std::to_string(r)}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", std::to_string(r)},
-        {"LOCAL_WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port}}));
+  std::vector<std::unique_ptr<Process>> ranks = start_ranks(2, tiny_args(out, 100000));
   // Let it train a few steps, then kill rank 1 as an OOM killer would.
   for (int i = 0; i < 600 && read_metrics(out).size() < 3; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   ASSERT_GE(read_metrics(out).size(), 3u);

@@ -57,7 +57,7 @@ TEST(Help, ListsEverySubcommand) {
   ProcessResult r = help_of({});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const std::vector<std::string> names = listed_subcommands(r.output);
-  for (const char* name : {"generate", "export", "tokenizer", "preprocess"})
+  for (const char* name : {"generate", "export", "import", "tokenizer", "preprocess"})
     EXPECT_TRUE(contains(names, name)) << name << "\n" << r.output;
 }
 

@@ -4,6 +4,8 @@
 
 #include <unistd.h>
 
+#include <filesystem>
+
 #include "test_support.h"
 
 using namespace minipretrain::test;
@@ -55,4 +57,40 @@ TEST(Launchers, MpirunEqualsHandStartedRanks) {
   ProcessResult r = launch("launch_mpi.sh", out, {{"NP", "2"}});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   expect_same_losses(reference(), out, kSteps, 0.0);
+}
+
+// Every bad launcher setting is one line naming it, exit code 2, and no rank
+// started (so no output directory).
+TEST(Launchers, BadSettingsAreOneLineAndStartNothing) {
+  const std::string out = fresh_dir("launch_bad");
+  struct Case {
+    std::string launcher;
+    std::map<std::string, std::string> env;
+    std::string message;
+  };
+  std::vector<Case> cases = {
+      {"launch_pretrain.sh", {{"NPROC_PER_NODE", "0"}}, "NPROC_PER_NODE must be a positive integer, got '0'"},
+      {"launch_pretrain.sh", {{"NNODES", "2"}, {"NODE_RANK", "2"}}, "NODE_RANK=2 must be below NNODES=2"},
+      {"launch_pretrain.sh", {{"MASTER_PORT", "70000"}}, "MASTER_PORT must be at most 65535, got 70000"},
+      {"launch_pretrain.sh", {{"LAUNCHER", "slurm"}}, "LAUNCHER must be 'builtin' or 'torchrun', got 'slurm'"},
+      {"launch_pretrain.sh", {{"MINIPRETRAIN_BIN", "/nonexistent/minipretrain"}},
+       "MINIPRETRAIN_BIN '/nonexistent/minipretrain' is not an executable file"},
+      {"launch_pretrain.sh", {{"MAX_RESTARTS", "-1"}}, "MAX_RESTARTS must be a non-negative integer, got '-1'"},
+      {"launch_pretrain.sh", {{"KILL_GRACE_SECONDS", "soon"}}, "KILL_GRACE_SECONDS must be a positive integer"},
+  };
+  if (::access("/usr/bin/mpirun", X_OK) == 0) {
+    cases.push_back({"launch_mpi.sh", {{"MAX_RESTARTS", "x"}}, "MAX_RESTARTS must be a non-negative integer, got 'x'"});
+    cases.push_back({"launch_mpi.sh", {{"HOSTFILE", out + "/hosts"}}, "HOSTFILE '" + out + "/hosts' is not a readable file"});
+    cases.push_back({"launch_mpi.sh", {{"NP", "08"}}, "NP must be a positive integer, got '08'"});
+  }
+  for (const Case& c : cases) {
+    std::map<std::string, std::string> env = c.env;
+    std::vector<std::string> argv{"/bin/bash", script(c.launcher)};
+    for (const auto& a : tiny_args(out + "/run", kSteps)) argv.push_back(a);
+    if (!env.count("MINIPRETRAIN_BIN")) env["MINIPRETRAIN_BIN"] = binary();
+    ProcessResult r = run(argv, env, 60);
+    EXPECT_EQ(r.exit_code, 2) << c.message << "\n" << r.output;
+    EXPECT_NE(r.output.find(c.message), std::string::npos) << r.output;
+    EXPECT_FALSE(std::filesystem::exists(out + "/run")) << c.message;
+  }
 }

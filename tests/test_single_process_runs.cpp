@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <iostream>
 #include <fstream>
 #include <regex>
 
@@ -33,8 +34,15 @@ std::string config_path(const std::string& name) { return std::string(MINIPRETRA
 // ends within 0.05 nats of fp32 (the README's justification of bf16 as the
 // default where the hardware has it).
 TEST(Run, TinyConfigApproachesTheLossFloorInFp32AndBf16) {
+  // Without native bf16 (no AVX512-BF16 or AMX) bf16 is emulated, about 50x
+  // slower: 300 steps would take ten minutes, so only fp32 runs then.
+  const std::string probe = fresh_dir("floor_probe");
+  ProcessResult native = run_binary({"--config", config_path("tiny.json"), "--output-dir", probe, "--max-steps", "1"});
+  ASSERT_EQ(native.exit_code, 0) << native.output;
+  std::vector<std::string> precisions{"fp32"};
+  if (native.output.find("Precision bf16 (--precision auto)") != std::string::npos) precisions.push_back("bf16");
   std::map<std::string, double> final_losses;
-  for (const std::string precision : {"fp32", "bf16"}) {
+  for (const std::string& precision : precisions) {
     SCOPED_TRACE(precision);
     const std::string out = fresh_dir("floor_" + precision);
     ProcessResult r = run_binary(
@@ -54,7 +62,11 @@ TEST(Run, TinyConfigApproachesTheLossFloorInFp32AndBf16) {
     EXPECT_NE(r.output.find("Precision " + precision), std::string::npos);
     final_losses[precision] = final_loss;
   }
-  EXPECT_NEAR(final_losses["bf16"], final_losses["fp32"], 0.05);
+  if (final_losses.count("bf16")) {
+    EXPECT_NEAR(final_losses["bf16"], final_losses["fp32"], 0.05);
+  } else {
+    std::cout << "[ NOTE     ] this CPU has no native bf16: the bf16 half of this test did not run\n";
+  }
 }
 
 TEST(Run, ResumeReproducesTheUninterruptedRun) {
@@ -152,6 +164,12 @@ TEST(Run, BadInputsExitWithOneClearLine) {
       {{}, {{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "2"}}, 2, "MASTER_ADDR is not set"},
       {{}, {{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "2"}}, 2,
        "launch variables contradict"},
+      {{"--save-keep", "-1"}, {}, 2, "save_keep must not be negative, got -1"},
+      {{"--exit-duration-mins", "-5"}, {}, 2, "exit_duration_mins must not be negative, got -5"},
+      {{"--max-skipped-steps", "0"}, {}, 2, "max_skipped_steps must be positive, got 0"},
+      {{}, {{"MINIPRETRAIN_FAULT", "nan@3:0,boom@4:1"}}, 2, "MINIPRETRAIN_FAULT entry 'boom@4:1' is not KIND@STEP"},
+      {{}, {{"MINIPRETRAIN_FAULT", "nan@5-3:0"}}, 2, "MINIPRETRAIN_FAULT entry 'nan@5-3:0' ends before it starts"},
+      {{"--resume", out + "/no_such_checkpoint"}, {}, 1, "cannot read " + out + "/no_such_checkpoint/meta.json"},
   };
   for (const Case& c : cases) {
     std::vector<std::string> args = tiny_args(out + "/run", 2);
@@ -160,6 +178,7 @@ TEST(Run, BadInputsExitWithOneClearLine) {
     EXPECT_EQ(r.exit_code, c.code) << c.message << "\n" << r.output;
     EXPECT_NE(r.output.find(c.message), std::string::npos) << r.output;
     EXPECT_EQ(r.output.find("terminate called"), std::string::npos) << r.output;
+    if (c.code == 2) EXPECT_FALSE(fs::exists(out + "/run")) << c.message << ": a rejected run left its output directory";
   }
 }
 

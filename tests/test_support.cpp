@@ -93,21 +93,28 @@ ProcessResult run(const std::vector<std::string>& argv, const std::map<std::stri
   return Process(argv, env).wait(timeout_seconds);
 }
 
-std::vector<ProcessResult> run_ranks(int world, const std::vector<std::string>& args, double timeout_seconds) {
+std::vector<std::unique_ptr<Process>> start_ranks(int world, const std::vector<std::string>& args,
+                                                  const std::map<std::string, std::string>& env) {
   const std::string port = std::to_string(free_port());
   std::vector<std::unique_ptr<Process>> processes;
   std::vector<std::string> argv{binary()};
   argv.insert(argv.end(), args.begin(), args.end());
-  for (int r = 0; r < world; ++r)
-    processes.push_back(std::make_unique<Process>(
-        argv, std::map<std::string, std::string>{{"RANK", std::to_string(r)},
-                                                 {"WORLD_SIZE", std::to_string(world)},
-                                                 {"LOCAL_RANK", std::to_string(r)},
-                                                 {"LOCAL_WORLD_SIZE", std::to_string(world)},
-                                                 {"MASTER_ADDR", "127.0.0.1"},
-                                                 {"MASTER_PORT", port}}));
+  for (int r = 0; r < world; ++r) {
+    std::map<std::string, std::string> rank_env = env;
+    rank_env.insert({{"RANK", std::to_string(r)},
+                     {"WORLD_SIZE", std::to_string(world)},
+                     {"LOCAL_RANK", std::to_string(r)},
+                     {"LOCAL_WORLD_SIZE", std::to_string(world)},
+                     {"MASTER_ADDR", "127.0.0.1"},
+                     {"MASTER_PORT", port}});
+    processes.push_back(std::make_unique<Process>(argv, rank_env));
+  }
+  return processes;
+}
+
+std::vector<ProcessResult> run_ranks(int world, const std::vector<std::string>& args, double timeout_seconds) {
   std::vector<ProcessResult> results;
-  for (auto& p : processes) results.push_back(p->wait(timeout_seconds));
+  for (auto& p : start_ranks(world, args)) results.push_back(p->wait(timeout_seconds));
   return results;
 }
 

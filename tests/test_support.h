@@ -4,6 +4,7 @@
 
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -36,7 +37,11 @@ class Process {
 ProcessResult run(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env = {},
                   double timeout_seconds = 300);
 
-// The binary with `args`, as `world` processes with torchrun's variables.
+// The binary with `args`, as `world` processes with torchrun's variables
+// (and `env`), started and left running.
+std::vector<std::unique_ptr<Process>> start_ranks(int world, const std::vector<std::string>& args,
+                                                  const std::map<std::string, std::string>& env = {});
+// The same, waited for.
 std::vector<ProcessResult> run_ranks(int world, const std::vector<std::string>& args, double timeout_seconds = 300);
 
 std::string binary();

@@ -1,11 +1,19 @@
 #include "minipretrain/checkpoint/checkpoint.h"
 #include "minipretrain/checkpoint/safetensors.h"
+#include "minipretrain/checkpoint/tensor_source.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <regex>
 
+#include "minipretrain/config/faults.h"
 
 namespace minipretrain {
 namespace fs = std::filesystem;
@@ -24,6 +32,78 @@ std::string shard_name(const Coordinates& c) {
   return "shard-tp" + std::to_string(c.tp) + "-pp" + std::to_string(c.pp);
 }
 
+// A complete checkpoint is named exactly checkpoint-<step> and holds meta.json;
+// anything else under the output directory (checkpoint-<step>.tmp) is not one.
+std::vector<std::pair<int64_t, fs::path>> complete_checkpoints(const std::string& output_dir) {
+  static const std::regex pattern("checkpoint-(\\d+)");
+  std::vector<std::pair<int64_t, fs::path>> found;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(output_dir, ec)) {
+    std::smatch match;
+    const std::string name = entry.path().filename().string();
+    if (std::regex_match(name, match, pattern) && fs::exists(entry.path() / "meta.json"))
+      found.emplace_back(std::stoll(match[1]), entry.path());
+  }
+  std::sort(found.begin(), found.end());
+  return found;
+}
+
+// fsync(2) on a file or a directory: its bytes, or its entries, reach the disk.
+void sync_to_disk(const fs::path& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw CheckpointError("cannot open " + path.string() + " to flush it: " + std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int error = errno;
+  ::close(fd);
+  if (rc != 0) throw CheckpointError("cannot flush " + path.string() + " to disk: " + std::strerror(error));
+}
+
+void write_text_file(const fs::path& path, const std::string& text) {
+  {
+    std::ofstream out(path, std::ios::trunc);
+    out << text;
+    out.close();
+    if (!out) throw CheckpointError("cannot write " + path.string() + " (disk full?)");
+  }
+  sync_to_disk(path);
+}
+
+// Puts `tmp` in the place of `final_dir` in one step: rename(2) when nothing
+// is there, else an atomic exchange (the old one then sits at `tmp`, to be
+// removed), so that no moment exists without a checkpoint of that step.
+void publish(const fs::path& tmp, const fs::path& final_dir) {
+  if (::rename(tmp.c_str(), final_dir.c_str()) == 0) return;
+  if ((errno == ENOTEMPTY || errno == EEXIST) &&
+      ::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) == 0) {
+    fs::remove_all(tmp);
+    return;
+  }
+  throw CheckpointError("cannot rename " + tmp.string() + " to " + final_dir.string() + ": " + std::strerror(errno));
+}
+
+// Removes what a killed save left behind, and all but the newest `keep`
+// complete checkpoints (never `just_saved`). A checkpoint is renamed to .tmp
+// before its files go, so a kill half-way leaves nothing --resume could pick.
+void clean_output_dir(const fs::path& output_dir, int64_t keep, const fs::path& just_saved) {
+  static const std::regex leftover("checkpoint-\\d+\\.tmp");
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(output_dir, ec))
+    if (std::regex_match(entry.path().filename().string(), leftover))
+      fs::remove_all(entry.path(), ec);
+  if (keep <= 0) return;
+  auto found = complete_checkpoints(output_dir.string());
+  int64_t kept = 0;
+  for (auto it = found.rbegin(); it != found.rend(); ++it) {
+    if (it->second == just_saved || kept < keep) {
+      kept += 1;
+      continue;
+    }
+    const fs::path doomed = it->second.string() + ".tmp";
+    fs::rename(it->second, doomed, ec);
+    if (!ec) fs::remove_all(doomed, ec);
+  }
+}
+
 nlohmann::json read_json(const fs::path& path) {
   std::ifstream in(path);
   if (!in) throw CheckpointError("cannot read " + path.string());
@@ -34,28 +114,30 @@ nlohmann::json read_json(const fs::path& path) {
   }
 }
 
-// The fields a checkpoint must agree on to be loaded into this run.
-void check_compatible(const nlohmann::json& saved, const Config& config, const std::string& dir) {
+}  // namespace
+
+void check_same_model(const nlohmann::json& saved, const Config& config, const std::string& what) {
   const nlohmann::json now = to_json(config);
   for (const char* key : {"vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_attention_heads",
-                          "num_key_value_heads", "tensor_parallel_size", "pipeline_parallel_size"}) {
+                          "num_key_value_heads", "rope_theta", "rms_norm_eps"}) {
     if (saved.value(key, nlohmann::json()) != now.at(key))
-      throw CheckpointError("checkpoint " + dir + " has " + key + "=" + saved.value(key, nlohmann::json()).dump() +
+      throw CheckpointError(what + " has " + key + "=" + saved.value(key, nlohmann::json()).dump() +
                             " but this run has " + now.at(key).dump());
   }
-  // Checkpoints from before the split existed cut the layers evenly.
-  const int64_t stages = saved.at("pipeline_parallel_size").get<int64_t>();
-  const std::vector<int64_t> split =
-      saved.contains("pipeline_layer_split")
-          ? saved.at("pipeline_layer_split").get<std::vector<int64_t>>()
-          : std::vector<int64_t>(stages, saved.at("num_layers").get<int64_t>() / stages);
-  if (split != config.parallel.pipeline_layer_split) {
-    std::string text;
-    for (int64_t n : split) text += (text.empty() ? "" : ",") + std::to_string(n);
-    throw CheckpointError("checkpoint " + dir + " was written with pipeline_layer_split " + text + " but this run has " +
-                          now.at("pipeline_layer_split").dump() + ": pass --pipeline-layer-split " + text +
-                          " to resume it");
-  }
+}
+
+namespace {
+
+// What a checkpoint must agree on to be resumed by this run: the model, and
+// the global batch (steps count global batches: the data position and the LR
+// schedule go on from the step). The layout may differ.
+void check_compatible(const nlohmann::json& saved, const Config& config, const std::string& dir) {
+  check_same_model(saved, config, "checkpoint " + dir);
+  const nlohmann::json batch = saved.value("global_batch_size", nlohmann::json());
+  if (!batch.is_null() && batch != nlohmann::json(config.global_batch()))
+    throw CheckpointError("checkpoint " + dir + " was trained with global_batch_size " + batch.dump() +
+                          " but this run has " + std::to_string(config.global_batch()) +
+                          ": steps count global batches, so pass --global-batch-size " + batch.dump() + " to resume it");
 }
 
 }  // namespace
@@ -64,9 +146,10 @@ void write_named_shard(const std::string& path_prefix, const std::map<std::strin
                        const std::map<std::string, ShardSpec>& specs) {
   std::vector<std::pair<std::string, torch::Tensor>> ordered(tensors.begin(), tensors.end());
   const auto [bytes, hash] = write_safetensors(path_prefix + ".safetensors", ordered);
+  sync_to_disk(path_prefix + ".safetensors");
   nlohmann::json index = {{"bytes", bytes}, {"fnv1a", hash}, {"specs", nlohmann::json::object()}};
   for (const auto& [name, spec] : specs) index["specs"][name] = to_json(spec);
-  std::ofstream(path_prefix + ".json") << index.dump() << "\n";
+  write_text_file(path_prefix + ".json", index.dump() + "\n");
 }
 
 std::map<std::string, torch::Tensor> read_named_shard(const std::string& path_prefix,
@@ -91,7 +174,7 @@ std::string save_checkpoint(const std::string& output_dir, const TrainingProgres
   const fs::path final_dir = fs::path(output_dir) / step_dir_name(progress.step);
   const fs::path tmp_dir = final_dir.string() + ".tmp";
   if (parallel.rank() == 0) {
-    fs::remove_all(tmp_dir);  // a save that died earlier
+    clean_output_dir(output_dir, 0, {});  // what saves killed earlier left
     fs::create_directories(tmp_dir);
   }
   parallel.world().barrier();
@@ -105,59 +188,44 @@ std::string save_checkpoint(const std::string& output_dir, const TrainingProgres
     }
     write_named_shard((tmp_dir / shard_name(parallel.coords())).string(), tensors, specs);
   }
+  FaultPlan::from_environment().strike(FaultKind::DieInSave, progress.step, parallel.rank());
   parallel.world().barrier();
 
+  // Every shard is on disk. meta.json last, then the directory's entries,
+  // then the rename and the entry it made in the output directory.
   if (parallel.rank() == 0) {
     nlohmann::json meta = {{"step", progress.step},
                            {"consumed_samples", progress.consumed_samples},
                            {"config", to_json(config)},
                            {"layout", {{"tp", parallel.layout().tp}, {"dp", parallel.layout().dp}, {"pp", parallel.layout().pp}}}};
-    std::ofstream(tmp_dir / "meta.json") << meta.dump(2) << "\n";
-    fs::remove_all(final_dir);
-    fs::rename(tmp_dir, final_dir);
+    write_text_file(tmp_dir / "meta.json", meta.dump(2) + "\n");
+    sync_to_disk(tmp_dir);
+    publish(tmp_dir, final_dir);
+    sync_to_disk(output_dir);
+    clean_output_dir(output_dir, config.log.save_keep, final_dir);
   }
   parallel.world().barrier();
   return final_dir.string();
 }
 
 std::string find_latest_checkpoint(const std::string& output_dir) {
-  static const std::regex pattern("checkpoint-(\\d+)");
-  std::string best;
-  int64_t best_step = -1;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(output_dir, ec)) {
-    std::smatch match;
-    const std::string name = entry.path().filename().string();
-    if (!std::regex_match(name, match, pattern) || !fs::exists(entry.path() / "meta.json")) continue;
-    const int64_t step = std::stoll(match[1]);
-    if (step > best_step) {
-      best_step = step;
-      best = entry.path().string();
-    }
-  }
-  return best;
+  const auto found = complete_checkpoints(output_dir);
+  return found.empty() ? std::string() : found.back().second.string();
 }
 
-TrainingProgress load_checkpoint(const std::string& dir, const NamedState& state, const Config& config,
-                                 const ParallelState& parallel) {
+TrainingProgress load_checkpoint(const std::string& dir, const NamedState& state, const Config& config) {
   const nlohmann::json meta = read_json(fs::path(dir) / "meta.json");
   if (!meta.contains("config") || !meta.contains("step"))
     throw CheckpointError(dir + "/meta.json is incomplete");
   check_compatible(meta.at("config"), config, dir);
-
-  Coordinates saved = parallel.coords();
-  saved.dp = 0;
-  std::map<std::string, torch::Tensor> tensors = read_named_shard((fs::path(dir) / shard_name(saved)).string());
-  torch::NoGradGuard no_grad;
-  for (const auto& [name, entry] : state) {
-    auto it = tensors.find(name);
-    if (it == tensors.end()) throw CheckpointError("checkpoint " + dir + " has no tensor " + name);
-    if (!it->second.sizes().equals(entry.tensor.sizes()))
-      throw CheckpointError("checkpoint " + dir + ": " + name + " has shape " + c10::str(it->second.sizes()) +
-                            ", the model expects " + c10::str(entry.tensor.sizes()));
-    entry.tensor.copy_(it->second);
-  }
-  return {meta.at("step").get<int64_t>(), meta.value("consumed_samples", int64_t{0})};
+  TensorSource source = TensorSource::from_checkpoint(dir);
+  if (!source.has("optim/step"))
+    throw CheckpointError("checkpoint " + dir + " holds weights only (made by import): start from it with --init-from");
+  for (const auto& [name, entry] : state) source.read_into(name, entry.tensor, entry.spec);
+  const nlohmann::json layout = meta.value("layout", nlohmann::json::object());
+  return {meta.at("step").get<int64_t>(), meta.value("consumed_samples", int64_t{0}),
+          "TP " + layout.value("tp", nlohmann::json(1)).dump() + " x PP " + layout.value("pp", nlohmann::json(1)).dump() +
+              " x DP " + layout.value("dp", nlohmann::json(1)).dump()};
 }
 
 std::map<std::string, torch::Tensor> load_full_tensors(const std::string& dir, const std::string& file_prefix) {

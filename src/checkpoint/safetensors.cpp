@@ -1,5 +1,6 @@
 #include "minipretrain/checkpoint/safetensors.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -69,59 +70,90 @@ std::pair<uint64_t, uint64_t> write_safetensors(const std::string& path,
   return {8 + length + offset, hash.value};
 }
 
-SafetensorsFile read_safetensors(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw SafetensorsError("cannot read " + path);
-  SafetensorsFile file;
-  std::error_code ec;
-  file.bytes = std::filesystem::file_size(path, ec);
-  Fnv1a hash;
-  auto get = [&](char* data, size_t n) {
-    in.read(data, static_cast<std::streamsize>(n));
-    if (static_cast<size_t>(in.gcount()) != n) throw SafetensorsError(path + " is truncated");
-    hash.update(data, n);
-  };
-  char length_bytes[8];
-  get(length_bytes, 8);
-  uint64_t length = 0;
-  for (int i = 0; i < 8; ++i) length |= static_cast<uint64_t>(static_cast<unsigned char>(length_bytes[i])) << (8 * i);
-  if (length > file.bytes - 8) throw SafetensorsError(path + " has a header length past the end of the file");
-  std::string text(length, '\0');
-  get(text.data(), length);
+namespace {
+
+// The header's entries, checked against each other and the file size: in
+// file order, contiguous, each as long as its shape says.
+SafetensorsIndex parse_index(const std::string& path, const std::string& text, uint64_t file_bytes) {
+  SafetensorsIndex index;
+  index.path = path;
+  index.data_start = 8 + text.size();
   nlohmann::json header;
   try {
     header = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    throw SafetensorsError(path + " has a corrupt header: " + e.what());
-  }
-
-  // Tensors in file order, so the stream only moves forward.
-  std::vector<std::tuple<uint64_t, uint64_t, std::string, torch::ScalarType, std::vector<int64_t>>> entries;
-  try {
     for (const auto& [name, info] : header.items()) {
       if (name == "__metadata__") {
-        file.metadata = info.get<std::map<std::string, std::string>>();
+        index.metadata = info.get<std::map<std::string, std::string>>();
         continue;
       }
       const std::string dtype = info.at("dtype").get<std::string>();
       auto it = std::find_if(dtypes().begin(), dtypes().end(), [&](const auto& d) { return d.first == dtype; });
       if (it == dtypes().end()) throw SafetensorsError(path + ": unsupported dtype " + dtype + " of " + name);
       const auto offsets = info.at("data_offsets").get<std::vector<uint64_t>>();
-      entries.emplace_back(offsets.at(0), offsets.at(1), name, it->second, info.at("shape").get<std::vector<int64_t>>());
+      index.entries[name] = {it->second, info.at("shape").get<std::vector<int64_t>>(), offsets.at(0), offsets.at(1)};
     }
   } catch (const nlohmann::json::exception& e) {
     throw SafetensorsError(path + " has a corrupt header: " + e.what());
   }
-  std::sort(entries.begin(), entries.end());
+  std::vector<std::pair<uint64_t, const std::string*>> order;
+  for (const auto& [name, e] : index.entries) order.emplace_back(e.begin, &name);
+  std::sort(order.begin(), order.end());
   uint64_t position = 0;
-  const uint64_t data_bytes = file.bytes - 8 - length;
-  for (const auto& [begin, end, name, type, shape] : entries) {
-    torch::Tensor t = torch::empty(shape, type);
-    const uint64_t size = static_cast<uint64_t>(t.numel()) * t.element_size();
-    if (begin != position || end - begin != size || end > data_bytes)
-      throw SafetensorsError(path + ": offsets of " + name + " do not match its shape or run past the end");
-    get(static_cast<char*>(t.data_ptr()), size);
-    position = end;
+  for (const auto& [begin, name] : order) {
+    const SafetensorsIndex::Entry& e = index.entries.at(*name);
+    int64_t numel = 1;
+    for (int64_t d : e.shape) numel *= d;
+    const uint64_t size = static_cast<uint64_t>(numel) * c10::elementSize(e.dtype);
+    if (begin != position || e.end - e.begin != size || index.data_start + e.end > file_bytes)
+      throw SafetensorsError(path + ": offsets of " + *name + " do not match its shape or run past the end");
+    position = e.end;
+  }
+  return index;
+}
+
+uint64_t read_header_length(std::istream& in, const std::string& path, uint64_t file_bytes, Fnv1a* hash) {
+  char bytes[8];
+  in.read(bytes, 8);
+  if (in.gcount() != 8) throw SafetensorsError(path + " is truncated");
+  if (hash) hash->update(bytes, 8);
+  uint64_t length = 0;
+  for (int i = 0; i < 8; ++i) length |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
+  if (length > file_bytes - 8) throw SafetensorsError(path + " has a header length past the end of the file");
+  return length;
+}
+
+uint64_t size_of(const std::string& path) {
+  std::error_code ec;
+  const uint64_t bytes = std::filesystem::file_size(path, ec);
+  if (ec) throw SafetensorsError("cannot read " + path + ": " + ec.message());
+  return bytes;
+}
+
+}  // namespace
+
+SafetensorsFile read_safetensors(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw SafetensorsError("cannot read " + path);
+  SafetensorsFile file;
+  file.bytes = size_of(path);
+  Fnv1a hash;
+  auto get = [&](char* data, size_t n) {
+    in.read(data, static_cast<std::streamsize>(n));
+    if (static_cast<size_t>(in.gcount()) != n) throw SafetensorsError(path + " is truncated");
+    hash.update(data, n);
+  };
+  std::string text(read_header_length(in, path, file.bytes, &hash), '\0');
+  get(text.data(), text.size());
+  const SafetensorsIndex index = parse_index(path, text, file.bytes);
+  file.metadata = index.metadata;
+  // Tensors in file order, so the stream only moves forward.
+  std::vector<std::pair<uint64_t, std::string>> order;
+  for (const auto& [name, e] : index.entries) order.emplace_back(e.begin, name);
+  std::sort(order.begin(), order.end());
+  for (const auto& [begin, name] : order) {
+    const SafetensorsIndex::Entry& e = index.entries.at(name);
+    torch::Tensor t = torch::empty(e.shape, e.dtype);
+    get(static_cast<char*>(t.data_ptr()), e.end - e.begin);
     file.tensors[name] = t;
   }
   std::vector<char> rest(4096);
@@ -131,6 +163,40 @@ SafetensorsFile read_safetensors(const std::string& path) {
   }
   file.fnv1a = hash.value;
   return file;
+}
+
+SafetensorsIndex read_safetensors_index(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw SafetensorsError("cannot read " + path);
+  const uint64_t bytes = size_of(path);
+  std::string text(read_header_length(in, path, bytes, nullptr), '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  if (static_cast<size_t>(in.gcount()) != text.size()) throw SafetensorsError(path + " is truncated");
+  return parse_index(path, text, bytes);
+}
+
+torch::Tensor read_safetensors_tensor(const SafetensorsIndex& index, const std::string& name) {
+  auto it = index.entries.find(name);
+  if (it == index.entries.end()) throw SafetensorsError(index.path + " has no tensor " + name);
+  std::ifstream in(index.path, std::ios::binary);
+  in.seekg(static_cast<std::streamoff>(index.data_start + it->second.begin));
+  torch::Tensor t = torch::empty(it->second.shape, it->second.dtype);
+  const uint64_t n = it->second.end - it->second.begin;
+  in.read(static_cast<char*>(t.data_ptr()), static_cast<std::streamsize>(n));
+  if (!in || static_cast<uint64_t>(in.gcount()) != n) throw SafetensorsError(index.path + " is truncated");
+  return t;
+}
+
+uint64_t safetensors_fnv1a(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw SafetensorsError("cannot read " + path);
+  Fnv1a hash;
+  std::vector<char> buffer(1 << 20);
+  while (in) {
+    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    hash.update(buffer.data(), static_cast<size_t>(in.gcount()));
+  }
+  return hash.value;
 }
 
 }  // namespace minipretrain

@@ -31,6 +31,14 @@ void add_export(CLI::App& app, ExportCommand& c) {
   sub->add_option("--tokenizer", c.tokenizer, "SentencePiece .model to copy beside the weights")->type_name("PATH");
 }
 
+void add_import(CLI::App& app, ImportCommand& c) {
+  CLI::App* sub = app.add_subcommand("import", "Hugging Face LlamaForCausalLM directory -> checkpoint (weights only)");
+  sub->add_option("--hf", c.hf_dir, "directory with config.json and model.safetensors (or its index)")
+      ->required()->type_name("PATH");
+  sub->add_option("--output", c.output, "checkpoint directory to write (must not exist); train from it with --init-from")
+      ->required()->type_name("PATH");
+}
+
 // Listed in --help only: main() hands these command lines to minipretrain-text
 // before they reach the parser here.
 void add_text_tool_commands(CLI::App& app) {
@@ -77,6 +85,7 @@ std::optional<CommandLine> parse_command_line(int argc, const char* const* argv)
 
   add_generate(app, result.generate);
   add_export(app, result.export_model);
+  add_import(app, result.import_model);
   add_text_tool_commands(app);
   app.require_subcommand(0, 1);
   // After the subcommands, which would inherit it.

@@ -63,6 +63,7 @@ void validate_train(const TrainConfig& t) {
   require(t.precision == "auto" || t.precision == "fp32" || t.precision == "bf16",
           "precision must be auto, fp32 or bf16, got '" + t.precision + "'");
   require(t.recompute == "none" || t.recompute == "full", "recompute must be none or full, got '" + t.recompute + "'");
+  require_positive("max_skipped_steps", t.max_skipped_steps);
   require(t.num_threads >= 0, "num_threads must not be negative, got " + std::to_string(t.num_threads));
 }
 
@@ -145,6 +146,8 @@ void Config::resolve(int64_t world_size) {
   require_positive("log_interval", log.log_interval);
   require_positive("save_interval", log.save_interval);
   require(log.exit_interval >= 0, "exit_interval must not be negative, got " + std::to_string(log.exit_interval));
+  require(log.exit_duration_mins >= 0, "exit_duration_mins must not be negative, got " + str(log.exit_duration_mins));
+  require(log.save_keep >= 0, "save_keep must not be negative, got " + std::to_string(log.save_keep));
   validate_layout(*this, world_size);
   data_parallel_size = world_size / (parallel.tensor_parallel_size * parallel.pipeline_parallel_size);
   resolve_batch(*this);

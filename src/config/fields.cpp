@@ -180,10 +180,17 @@ std::vector<Field> config_fields(Config& c) {
       one_of(field_for("device", "auto, cpu or cuda", t.device), {"auto", "cpu", "cuda"}),
       field_for("num_threads", "intra-op threads per process (0: cores / local processes)", t.num_threads),
       path(field_for("resume", "checkpoint directory to resume from, or 'auto' for the newest", t.resume)),
+      path(field_for("init_from",
+                     "start from these weights (a checkpoint of any layout, or a Hugging Face Llama directory) with "
+                     "fresh optimizer state at step 1; a checkpoint found by --resume wins",
+                     t.init_from)),
       one_of(field_for("precision", "fp32, bf16 (fp32 master weights and gradients), or auto: bf16 where the hardware has it",
                        t.precision), {"auto", "fp32", "bf16"}),
       one_of(field_for("recompute", "none, or full: recompute each decoder layer in backward to save activation memory",
                        t.recompute), {"none", "full"}),
+      field_for("max_skipped_steps",
+                "stop with an error after this many consecutive steps skipped for a non-finite loss or gradient",
+                t.max_skipped_steps),
       path(field_for("dump_first_step", "directory to write step 1's logits and gradients (for layout checks)",
                      t.dump_first_step)),
       field_for("tensor_parallel_size", "tensor-parallel ranks", p.tensor_parallel_size),
@@ -209,6 +216,10 @@ std::vector<Field> config_fields(Config& c) {
       field_for("save_interval", "steps between checkpoints", c.log.save_interval),
       field_for("exit_interval", "save a checkpoint and exit after a step divisible by this (0: never)",
                 c.log.exit_interval),
+      field_for("exit_duration_mins", "save a checkpoint and exit once the run has taken this many minutes (0: never)",
+                c.log.exit_duration_mins),
+      field_for("save_keep", "keep only the newest N checkpoints, deleting older ones after each save (0: keep all)",
+                c.log.save_keep),
   };
 }
 

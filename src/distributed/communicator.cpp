@@ -1,6 +1,7 @@
 #include "minipretrain/distributed/communicator.h"
 
 #include <chrono>
+#include <cstdio>
 
 namespace minipretrain {
 
@@ -12,7 +13,54 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// Backend exceptions (c10d's carry a backtrace) in one line.
+std::string first_line(const std::exception& e) {
+  const std::string text = e.what();
+  return text.substr(0, text.find('\n'));
+}
+
+std::string failure(const std::string& what, double seconds, const std::exception& e) {
+  char waited[32];
+  std::snprintf(waited, sizeof(waited), "%.1f", seconds);
+  return what + " failed after " + waited + " s: " + first_line(e);
+}
+
+// A send whose completion, when waited for, fails with the group and peer.
+class GuardedSendHandle : public SendHandle {
+ public:
+  GuardedSendHandle(std::unique_ptr<SendHandle> inner, std::string what)
+      : inner_(std::move(inner)), what_(std::move(what)) {}
+  void wait() override {
+    const auto start = Clock::now();
+    try {
+      inner_->wait();
+    } catch (const std::exception& e) {
+      throw CommunicationError(failure(what_, seconds_since(start), e));
+    }
+  }
+
+ private:
+  std::unique_ptr<SendHandle> inner_;
+  std::string what_;
+};
+
+std::string peer_of(const char* direction, int peer, int size) {
+  return std::string(direction) + " rank " + std::to_string(peer) + " of " + std::to_string(size);
+}
+
 }  // namespace
+
+template <typename Call>
+auto Communicator::guarded(const char* op, const std::string& peer, Call&& call) {
+  const auto start = Clock::now();
+  try {
+    return call();
+  } catch (const CommunicationError&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw CommunicationError(failure(name_ + " " + op + (peer.empty() ? "" : " " + peer), seconds_since(start), e));
+  }
+}
 
 torch::Tensor Communicator::wire(const torch::Tensor& tensor) const {
   return tensor.scalar_type() == torch::kBFloat16 && !has_bf16() ? tensor.to(torch::kFloat) : tensor;
@@ -28,7 +76,7 @@ void Communicator::count(const std::string& op, const torch::Tensor& wire, doubl
 void Communicator::all_reduce(torch::Tensor& tensor, ReduceOp op) {
   const auto start = Clock::now();
   torch::Tensor sent = wire(tensor);
-  do_all_reduce(sent, op);
+  guarded("all_reduce", "", [&] { do_all_reduce(sent, op); });
   if (!sent.is_same(tensor)) tensor.copy_(sent);
   count("all_reduce", sent, seconds_since(start));
 }
@@ -36,7 +84,7 @@ void Communicator::all_reduce(torch::Tensor& tensor, ReduceOp op) {
 torch::Tensor Communicator::all_gather(const torch::Tensor& tensor, int64_t dim) {
   const auto start = Clock::now();
   const torch::Tensor sent = wire(tensor);
-  torch::Tensor out = do_all_gather(sent, dim).to(tensor.scalar_type());
+  torch::Tensor out = guarded("all_gather", "", [&] { return do_all_gather(sent, dim); }).to(tensor.scalar_type());
   count("all_gather", sent, seconds_since(start));
   return out;
 }
@@ -46,7 +94,7 @@ torch::Tensor Communicator::reduce_scatter(const torch::Tensor& tensor) {
               " does not divide over ", size_, " ranks");
   const auto start = Clock::now();
   const torch::Tensor sent = wire(tensor);
-  torch::Tensor out = do_reduce_scatter(sent).to(tensor.scalar_type());
+  torch::Tensor out = guarded("reduce_scatter", "", [&] { return do_reduce_scatter(sent); }).to(tensor.scalar_type());
   count("reduce_scatter", sent, seconds_since(start));
   return out;
 }
@@ -54,7 +102,7 @@ torch::Tensor Communicator::reduce_scatter(const torch::Tensor& tensor) {
 void Communicator::broadcast(torch::Tensor& tensor, int root) {
   const auto start = Clock::now();
   torch::Tensor sent = wire(tensor);
-  do_broadcast(sent, root);
+  guarded("broadcast", "", [&] { do_broadcast(sent, root); });
   if (!sent.is_same(tensor)) tensor.copy_(sent);
   count("broadcast", sent, seconds_since(start));
 }
@@ -62,9 +110,10 @@ void Communicator::broadcast(torch::Tensor& tensor, int root) {
 std::unique_ptr<SendHandle> Communicator::isend(const torch::Tensor& tensor, int dst, int tag) {
   const auto start = Clock::now();
   const torch::Tensor sent = wire(tensor);
-  auto handle = do_isend(sent, dst, tag);
+  const std::string peer = peer_of("to", dst, size_);
+  auto handle = guarded("send", peer, [&] { return do_isend(sent, dst, tag); });
   count("send", sent, seconds_since(start));
-  return handle;
+  return std::make_unique<GuardedSendHandle>(std::move(handle), name_ + " send " + peer);
 }
 
 void Communicator::recv(torch::Tensor& tensor, int src, int tag) {
@@ -72,14 +121,14 @@ void Communicator::recv(torch::Tensor& tensor, int src, int tag) {
   torch::Tensor received = tensor.scalar_type() == torch::kBFloat16 && !has_bf16()
                                ? torch::empty(tensor.sizes(), tensor.options().dtype(torch::kFloat))
                                : tensor;
-  do_recv(received, src, tag);
+  guarded("recv", peer_of("from", src, size_), [&] { do_recv(received, src, tag); });
   if (!received.is_same(tensor)) tensor.copy_(received);
   count("recv", received, seconds_since(start));
 }
 
 void Communicator::barrier() {
   stats_["barrier"].calls += 1;
-  do_barrier();
+  guarded("barrier", "", [&] { do_barrier(); });
 }
 
 std::unique_ptr<SendHandle> SoloCommunicator::do_isend(const torch::Tensor&, int dst, int) {

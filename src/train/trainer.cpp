@@ -1,10 +1,15 @@
 #include "minipretrain/train/trainer.h"
 
 #include <chrono>
+#include <cstring>
 #include <filesystem>
+#include <limits>
 
 #include "minipretrain/checkpoint/checkpoint.h"
+#include "minipretrain/checkpoint/hf_import.h"
+#include "minipretrain/config/faults.h"
 #include "minipretrain/train/grad_clip.h"
+#include "minipretrain/train/stop_signals.h"
 
 namespace minipretrain {
 namespace {
@@ -84,26 +89,88 @@ std::vector<Microbatch> Trainer::microbatches(const TokenDataset& data, const st
 }
 
 Trainer::StepStats Trainer::train_step(int64_t step) {
+  const FaultPlan& faults = FaultPlan::from_environment();
+  faults.strike(FaultKind::Die, step, parallel_.rank());
+  faults.strike(FaultKind::Hang, step, parallel_.rank());
   const auto start = Clock::now();
   main_->zero_grad();
   StepResult result = executor_->run(actions_, microbatches(*data_.train, sampler_->indices(step)));
   main_->finish_accumulation();
+  if (faults.fires(FaultKind::Nan, step, parallel_.rank()))
+    main_->flat_grad().index_put_({0}, std::numeric_limits<float>::quiet_NaN());
   const auto dp_start = Clock::now();
   buckets_->all_reduce_mean(parallel_.dp());
   const double dp_seconds = seconds_since(dp_start);
   if (step == 1 && !config_.train.dump_first_step.empty()) dump_first_step();
   const auto optimizer_start = Clock::now();
   const double grad_norm = global_grad_norm(grads_, counted_in_norm_, parallel_.tp(), parallel_.pp());
+  const Boundary boundary = agree_at_boundary(result.loss, grad_norm);
   const double lr = schedule_.at(step);
-  optimizer_->step(lr, grads_, clip_factor(grad_norm, config_.train.grad_clip));
-  main_->copy_to_model();
+  if (boundary.non_finite) {
+    report_non_finite(step, result.loss);
+  } else {
+    optimizer_->step(lr, grads_, clip_factor(grad_norm, config_.train.grad_clip));
+    main_->copy_to_model();
+  }
   const double optimizer_seconds = seconds_since(optimizer_start);
 
-  const double loss = global_loss(result.loss);
   const double seconds = seconds_since(start);
   const double bubble = result.total_seconds > 0 ? 1.0 - result.busy_seconds() / result.total_seconds : 0.0;
-  return {loss,       grad_norm, lr, seconds, bubble, result.forward_seconds, result.backward_seconds,
-          dp_seconds, optimizer_seconds};
+  return {boundary, grad_norm, lr, seconds, bubble, result.forward_seconds, result.backward_seconds, dp_seconds,
+          optimizer_seconds};
+}
+
+// One small all-reduce over the world at every step boundary carries the loss
+// of the global batch, whether any rank saw a non-finite loss or gradient
+// norm, and whether any rank was asked to stop: a signal that reached one rank
+// stops every rank after the same step, and a NaN on one rank skips the
+// update everywhere.
+Trainer::Boundary Trainer::agree_at_boundary(double last_stage_loss, double grad_norm) {
+  const bool reports = parallel_.is_last_stage() && parallel_.coords().tp == 0;
+  const bool non_finite = !std::isfinite(grad_norm) || (parallel_.is_last_stage() && !std::isfinite(last_stage_loss));
+  const double minutes = seconds_since(run_start_) / 60.0;
+  const bool out_of_time = config_.log.exit_duration_mins > 0 && minutes >= config_.log.exit_duration_mins;
+  torch::Tensor votes = torch::tensor({reports ? last_stage_loss / parallel_.layout().dp : 0.0, non_finite ? 1.0 : 0.0,
+                                       stop_signal() != 0 ? 1.0 : 0.0, out_of_time ? 1.0 : 0.0},
+                                      torch::kDouble);
+  parallel_.world().all_reduce(votes, ReduceOp::Sum);
+  const auto v = votes.accessor<double, 1>();
+  return {v[0], v[1] > 0, static_cast<int64_t>(v[2]), v[3] > 0};
+}
+
+// Which ranks see the problem, for the log: their loss, or their gradients
+// after the data-parallel average (so every DP replica of the rank that made
+// a NaN shows it too). A second all-reduce, on skipped steps only.
+void Trainer::report_non_finite(int64_t step, double last_stage_loss) {
+  const int64_t world = parallel_.world().size();
+  torch::Tensor flags = torch::zeros({world}, torch::kDouble);
+  const bool loss = parallel_.is_last_stage() && !std::isfinite(last_stage_loss);
+  const bool grads = !torch::isfinite(main_->flat_grad()).all().item<bool>();
+  flags[parallel_.rank()] = (loss ? 1.0 : 0.0) + (grads ? 2.0 : 0.0);
+  parallel_.world().all_reduce(flags, ReduceOp::Sum);
+  skipped_in_a_row_ += 1;
+  skipped_total_ += 1;
+  if (parallel_.is_logging_rank()) {
+    std::string where;
+    for (int64_t r = 0; r < world; ++r) {
+      const int64_t f = static_cast<int64_t>(flags[r].item<double>());
+      if (f == 0) continue;
+      const Coordinates c = parallel_.layout().coordinates(r);
+      where += fmt::format("{}rank {} (stage {}, tp {}, dp {}): {}", where.empty() ? "" : "; ", r, c.pp, c.tp, c.dp,
+                           f == 3 ? "loss and gradients" : f == 1 ? "loss" : "gradients");
+    }
+    spdlog::warn("Step {} skipped: non-finite loss or gradients on {} | {} in a row (the run stops at {}, "
+                 "--max-skipped-steps), {} in all",
+                 step, where.empty() ? "no single rank" : where, skipped_in_a_row_, config_.train.max_skipped_steps,
+                 skipped_total_);
+  }
+  if (skipped_in_a_row_ >= config_.train.max_skipped_steps) {
+    const std::string latest = find_latest_checkpoint(config_.log.output_dir);
+    throw std::runtime_error(fmt::format(
+        "steps {} to {} all had a non-finite loss or gradients (--max-skipped-steps {}): training diverged; "
+        "the newest checkpoint ({}) is untouched; try a lower --learning-rate",
+        step - skipped_in_a_row_ + 1, step, config_.train.max_skipped_steps, latest.empty() ? "none" : latest));
+  }
 }
 
 NamedState Trainer::checkpoint_state() {
@@ -145,58 +212,104 @@ double Trainer::evaluate(int64_t step) {
   return loss;
 }
 
-void Trainer::run() {
+bool Trainer::run() {
   std::filesystem::create_directories(config_.log.output_dir);
   resume();
   if (parallel_.is_logging_rank()) metrics_ = std::make_unique<MetricsLog>(config_.log.output_dir, start_step_ - 1);
+  install_stop_handlers();
+  run_start_ = Clock::now();
   const int64_t max_steps = config_.train.max_steps;
   double interval_seconds = 0;
   int64_t interval_steps = 0;
   for (int64_t step = start_step_; step <= max_steps; ++step) {
-    for (Communicator* c : {&parallel_.tp(), &parallel_.dp(), &parallel_.pp()}) c->reset_stats();
-    StepStats stats = train_step(step);
-    elapsed_ += stats.seconds;
-    interval_seconds += stats.seconds;
-    ++interval_steps;
-    if (!std::isfinite(stats.loss))
-      throw std::runtime_error("loss is " + std::to_string(stats.loss) + " at step " + std::to_string(step) +
-                               ": training diverged (try a lower --learning-rate)");
-    if (step % config_.log.log_interval == 0 || step == max_steps) {
-      log_step(step, stats, interval_seconds, interval_steps);
-      interval_seconds = 0;
-      interval_steps = 0;
-    }
-    if (data_.valid && (step % config_.data.eval_interval == 0 || step == max_steps)) evaluate(step);
-    const bool exiting = config_.log.exit_interval > 0 && step % config_.log.exit_interval == 0;
-    if (step % config_.log.save_interval == 0 || step == max_steps || exiting) {
-      step_count_.fill_(optimizer_->steps_taken());
-      const std::string dir =
-          save_checkpoint(config_.log.output_dir, {step, step * config_.global_batch()}, checkpoint_state(), config_, parallel_);
-      if (parallel_.is_logging_rank()) spdlog::info("Saved checkpoint {}", dir);
-    }
-    if (exiting && step < max_steps) {
-      if (parallel_.is_logging_rank()) spdlog::info("Exiting after step {} (--exit-interval)", step);
-      return;
+    try {
+      for (Communicator* c : {&parallel_.tp(), &parallel_.dp(), &parallel_.pp()}) c->reset_stats();
+      StepStats stats = train_step(step);
+      if (!stats.boundary.non_finite) skipped_in_a_row_ = 0;
+      elapsed_ += stats.seconds;
+      interval_seconds += stats.seconds;
+      ++interval_steps;
+      if (step % config_.log.log_interval == 0 || step == max_steps || stats.boundary.non_finite) {
+        log_step(step, stats, interval_seconds, interval_steps);
+        interval_seconds = 0;
+        interval_steps = 0;
+      }
+      if (data_.valid && (step % config_.data.eval_interval == 0 || step == max_steps)) evaluate(step);
+      const std::string stop_reason = why_stop(step, stats.boundary);
+      if (step % config_.log.save_interval == 0 || step == max_steps || !stop_reason.empty()) save(step);
+      if (!stop_reason.empty() && step < max_steps) {
+        if (parallel_.is_logging_rank()) spdlog::info("Stopping after step {}: {}", step, stop_reason);
+        return false;
+      }
+    } catch (const CommunicationError& e) {
+      throw CommunicationError("at step " + std::to_string(step) + ": " + e.what());
     }
   }
+  return true;
+}
+
+// Why the run stops after `step` ("" to go on): --exit-interval, a signal, or
+// --exit-duration-mins. Every rank decides alike: the last two come from the
+// boundary's all-reduce.
+std::string Trainer::why_stop(int64_t step, const Boundary& boundary) const {
+  if (boundary.stop_signals > 0) {
+    if (const int signal = stop_signal(); signal != 0)
+      spdlog::warn("Got SIG{}: stopping with a checkpoint after step {}", sigabbrev_np(signal), step);
+    return fmt::format("a stop signal reached {} rank(s); resume with --resume auto", boundary.stop_signals);
+  }
+  if (boundary.out_of_time)
+    return fmt::format("the run has taken --exit-duration-mins {}; resume with --resume auto",
+                       config_.log.exit_duration_mins);
+  if (config_.log.exit_interval > 0 && step % config_.log.exit_interval == 0)
+    return fmt::format("step {} is a multiple of --exit-interval", step);
+  return "";
+}
+
+// Never writes weights that are not finite. Skipped steps leave the weights
+// as they were, so this only fires when an update itself overflowed.
+void Trainer::save(int64_t step) {
+  bool finite = true;
+  for (const MainParams::Entry& e : main_->entries()) finite = finite && torch::isfinite(e.master).all().item<bool>();
+  torch::Tensor bad = torch::tensor({finite ? 0.0 : 1.0}, torch::kDouble);
+  parallel_.world().all_reduce(bad, ReduceOp::Sum);
+  if (bad.item<double>() > 0) {
+    const std::string latest = find_latest_checkpoint(config_.log.output_dir);
+    throw std::runtime_error(fmt::format("the weights after step {} are not finite on {} rank(s): not saving them; the "
+                                         "newest checkpoint ({}) is untouched",
+                                         step, bad.item<double>(), latest.empty() ? "none" : latest));
+  }
+  step_count_.fill_(optimizer_->steps_taken());
+  const std::string dir =
+      save_checkpoint(config_.log.output_dir, {step, step * config_.global_batch()}, checkpoint_state(), config_, parallel_);
+  if (parallel_.is_logging_rank()) spdlog::info("Saved checkpoint {}", dir);
 }
 
 void Trainer::resume() {
   std::string dir = config_.train.resume;
-  if (dir.empty()) return;
   if (dir == "auto") {
     dir = find_latest_checkpoint(config_.log.output_dir);
-    if (dir.empty()) {
-      if (parallel_.is_logging_rank())
-        spdlog::info("--resume auto: no checkpoint under {}, starting from step 1", config_.log.output_dir);
-      return;
-    }
+    if (dir.empty() && parallel_.is_logging_rank())
+      spdlog::info("--resume auto: no checkpoint under {}, starting from step 1", config_.log.output_dir);
   }
-  TrainingProgress progress = load_checkpoint(dir, checkpoint_state(), config_, parallel_);
-  optimizer_->set_steps_taken(step_count_.item<int64_t>());
+  if (!dir.empty()) {
+    TrainingProgress progress = load_checkpoint(dir, checkpoint_state(), config_);
+    optimizer_->set_steps_taken(step_count_.item<int64_t>());
+    main_->copy_to_model();
+    start_step_ = progress.step + 1;
+    if (parallel_.is_logging_rank())
+      spdlog::info("Resumed from {} at step {} (written by {}, now TP {} x PP {} x DP {})", dir, progress.step,
+                   progress.layout, parallel_.layout().tp, parallel_.layout().pp, parallel_.layout().dp);
+    return;
+  }
+  if (config_.train.init_from.empty()) return;
+  NamedState weights;
+  for (const auto& [name, entry] : checkpoint_state())
+    if (name.rfind("model/", 0) == 0) weights[name] = entry;
+  load_weights(config_.train.init_from, weights, config_);
   main_->copy_to_model();
-  start_step_ = progress.step + 1;
-  if (parallel_.is_logging_rank()) spdlog::info("Resumed from {} at step {}", dir, progress.step);
+  if (parallel_.is_logging_rank())
+    spdlog::info("Initialized the weights from {}; optimizer state is fresh, training starts at step 1",
+                 config_.train.init_from);
 }
 
 void Trainer::log_step(int64_t step, const StepStats& s, double interval_seconds, int64_t interval_steps) {
@@ -205,14 +318,18 @@ void Trainer::log_step(int64_t step, const StepStats& s, double interval_seconds
   const double tokens_per_s = samples_per_s * config_.model.max_seq_length;
   std::string line = fmt::format("Step {} | Loss: {:.4f} | LR: {:.2e} | Throughput: {:.2f} samples/s | {:.0f} tokens/s | "
                                  "Grad norm: {:.3f} | {:.1f} ms/step",
-                                 step, s.loss, s.lr, samples_per_s, tokens_per_s, s.grad_norm,
+                                 step, s.boundary.loss, s.lr, samples_per_s, tokens_per_s, s.grad_norm,
                                  1000.0 * interval_seconds / interval_steps);
   const int64_t pp = parallel_.layout().pp, m = config_.microbatches();
   const double theory = static_cast<double>(pp - 1) / static_cast<double>(m + pp - 1);
   if (pp > 1) line += fmt::format(" | Bubble: {:.2f} (theory {:.2f})", s.bubble, theory);
+  if (skipped_total_ > 0) line += fmt::format(" | Skipped: {}", skipped_total_);
   spdlog::info(line);
+  // A skipped step's loss may be NaN, which JSON writes as null.
   nlohmann::json record = {{"step", step},
-                           {"loss", s.loss},
+                           {"loss", s.boundary.loss},
+                           {"skipped", s.boundary.non_finite},
+                           {"skipped_total", skipped_total_},
                            {"lr", s.lr},
                            {"grad_norm", s.grad_norm},
                            {"tokens_per_s", tokens_per_s},

@@ -5,8 +5,11 @@
 //                           ("optim/exp_avg.<name>", ...)
 //   shard-tp0-pp0.json      each tensor's ShardSpec, the file's size and FNV-1a hash
 // DP replicas hold equal state, so only DP rank 0 writes. Everything is written
-// under checkpoint-...tmp and renamed once every shard is on disk: a crash
-// during a save leaves the previous checkpoint as it was.
+// under checkpoint-...tmp, flushed to disk (fsync, files then directory), and
+// renamed once every shard is there, meta.json last: a kill -9 at any moment
+// of a save leaves the previous checkpoints as they were, and the .tmp is
+// never taken for a checkpoint and is removed by the next save. With
+// save_keep N, older checkpoints go only after the new one is complete.
 #pragma once
 
 #include <map>
@@ -29,6 +32,7 @@ struct CheckpointError : std::runtime_error {
 struct TrainingProgress {
   int64_t step = 0;
   int64_t consumed_samples = 0;
+  std::string layout;  // that wrote the checkpoint, e.g. "TP 2 x PP 2 x DP 1"; set by load_checkpoint
 };
 
 // One tensor of a rank's state, with its place in the full tensor when it
@@ -46,11 +50,16 @@ std::string save_checkpoint(const std::string& output_dir, const TrainingProgres
 // The newest complete checkpoint under `output_dir`, or "" when none.
 std::string find_latest_checkpoint(const std::string& output_dir);
 
-// Copies this rank's shard into every tensor of `state`. Throws
-// CheckpointError when the checkpoint is corrupt, lacks one of them, or was
-// written for another model or layout.
-TrainingProgress load_checkpoint(const std::string& dir, const NamedState& state, const Config& config,
-                                 const ParallelState& parallel);
+// Copies into every tensor of `state` its slice (its spec) from the
+// checkpoint, whatever layout wrote it: each rank reads only the pieces of
+// the shards that overlap its own. Throws CheckpointError when the checkpoint
+// is corrupt or incomplete, lacks a tensor, or was written for another model
+// or global batch size.
+TrainingProgress load_checkpoint(const std::string& dir, const NamedState& state, const Config& config);
+
+// Throws CheckpointError, naming `what` and the field, unless the model
+// fields of `saved` (a config as JSON) equal this run's.
+void check_same_model(const nlohmann::json& saved, const Config& config, const std::string& what);
 
 // Named tensors of one rank, with their specs, written and read in the shard
 // format above (also used for --dump-first-step).

@@ -37,4 +37,22 @@ std::pair<uint64_t, uint64_t> write_safetensors(const std::string& path,
 // header, offsets past the end or an unsupported dtype.
 SafetensorsFile read_safetensors(const std::string& path);
 
+// A file's table of contents, checked like read_safetensors does, for
+// reading only the tensors one needs.
+struct SafetensorsIndex {
+  struct Entry {
+    torch::ScalarType dtype;
+    std::vector<int64_t> shape;
+    uint64_t begin = 0, end = 0;  // of the bytes, after the header
+  };
+  std::string path;
+  std::map<std::string, Entry> entries;
+  std::map<std::string, std::string> metadata;
+  uint64_t data_start = 0;  // 8 + the header's length
+};
+SafetensorsIndex read_safetensors_index(const std::string& path);
+torch::Tensor read_safetensors_tensor(const SafetensorsIndex& index, const std::string& name);
+// The FNV-1a hash of the whole file, streamed (no tensor is kept).
+uint64_t safetensors_fnv1a(const std::string& path);
+
 }  // namespace minipretrain

@@ -3,6 +3,7 @@
 // the command line win over the file) and --print-config. Subcommands:
 //   generate    sample text from a checkpoint
 //   export      checkpoint -> Hugging Face Llama directory
+//   import      Hugging Face Llama directory -> checkpoint
 //   tokenizer, preprocess: run by minipretrain-text (kTextToolCommands)
 // `minipretrain --help` lists them all, one line each, and every
 // `minipretrain SUBCOMMAND --help` describes its options.
@@ -53,12 +54,18 @@ struct ExportCommand {
   std::string tokenizer;
 };
 
+struct ImportCommand {
+  std::string hf_dir;
+  std::string output;
+};
+
 struct CommandLine {
   std::string command = "train";  // or the subcommand's name
   Config config;
   bool print_config = false;
   GenerateCommand generate;
   ExportCommand export_model;
+  ImportCommand import_model;
 };
 
 // nullopt when --help was asked for (the help is printed). Throws ConfigError

@@ -49,9 +49,11 @@ struct TrainConfig {
   std::string device = "auto";
   int64_t num_threads = 0;  // 0: cores on this node / processes on this node
   std::string resume;       // "", a checkpoint directory, or "auto"
+  std::string init_from;    // weights to start from (a checkpoint or an HF directory), when not resuming
   std::string dump_first_step;  // directory: write step 1's logits and gradients
   std::string precision = "auto";  // fp32, bf16, or auto: bf16 where the hardware has native bf16
   std::string recompute = "none";  // none, or full: recompute each decoder layer in backward
+  int64_t max_skipped_steps = 5;   // consecutive non-finite steps before the run gives up
 };
 
 struct ParallelConfig {
@@ -84,6 +86,8 @@ struct LogConfig {
   int64_t log_interval = 10;
   int64_t save_interval = 1000;
   int64_t exit_interval = 0;  // >0: save and exit after a step divisible by it
+  double exit_duration_mins = 0;  // >0: save and exit once the run has taken this long
+  int64_t save_keep = 0;          // >0: keep only the newest N checkpoints
 };
 
 struct Config {

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,13 @@
 namespace minipretrain {
 
 enum class ReduceOp { Sum, Avg, Max };
+
+// A collective or transfer that failed or timed out (a peer died, hung or
+// cannot be reached). The message names the group, the operation, the peer
+// where the operation has one, and how long this rank waited.
+struct CommunicationError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 // A send in flight; wait() returns once the tensor may be reused.
 class SendHandle {
@@ -71,6 +79,10 @@ class Communicator {
  private:
   // The tensor as it goes over the wire for this backend.
   torch::Tensor wire(const torch::Tensor& tensor) const;
+  // Runs a backend call; its failure becomes a CommunicationError that says
+  // which group, operation and peer ("" for collectives) it was.
+  template <typename Call>
+  auto guarded(const char* op, const std::string& peer, Call&& call);
   void count(const std::string& op, const torch::Tensor& wire, double seconds);
 
   std::string name_;

@@ -5,7 +5,9 @@
 // computes in bf16 over fp32 master weights and gradients (MainParams).
 #pragma once
 
+#include <chrono>
 #include <memory>
+#include <string>
 
 #include <torch/torch.h>
 
@@ -26,16 +28,30 @@ namespace minipretrain {
 class Trainer {
  public:
   Trainer(Config config, ParallelState& parallel, torch::Device device);
-  void run();
+  // Trains to max_steps (true), or until a stop (--exit-interval, a signal,
+  // --exit-duration-mins) after a checkpoint (false).
+  bool run();
   const TokenDataset* dataset() const { return data_.train.get(); }
   const char* precision_name() const;
 
  private:
+  // What every rank agrees on at the end of a step (agree_at_boundary).
+  struct Boundary {
+    double loss;           // of the global batch
+    bool non_finite;       // on some rank: the update was skipped
+    int64_t stop_signals;  // ranks that got SIGTERM, SIGINT or SIGUSR1
+    bool out_of_time;      // --exit-duration-mins passed on some rank
+  };
   struct StepStats {
-    double loss, grad_norm, lr, seconds, bubble;
+    Boundary boundary;
+    double grad_norm, lr, seconds, bubble;
     double forward_seconds, backward_seconds, dp_seconds, optimizer_seconds;
   };
   StepStats train_step(int64_t step);
+  Boundary agree_at_boundary(double last_stage_loss, double grad_norm);
+  void report_non_finite(int64_t step, double last_stage_loss);
+  std::string why_stop(int64_t step, const Boundary& boundary) const;
+  void save(int64_t step);
   // This DP rank's rows of the global batch `indices` of `data`, as microbatches.
   std::vector<Microbatch> microbatches(const TokenDataset& data, const std::vector<int64_t>& indices) const;
   double evaluate(int64_t step);
@@ -66,6 +82,9 @@ class Trainer {
   std::unique_ptr<MetricsLog> metrics_;
   int64_t start_step_ = 1;
   double elapsed_ = 0.0;
+  std::chrono::steady_clock::time_point run_start_;  // for --exit-duration-mins
+  int64_t skipped_in_a_row_ = 0;
+  int64_t skipped_total_ = 0;
   torch::Tensor step_count_ = torch::zeros({}, torch::kLong);  // AdamW's steps, as checkpoints hold it
   torch::Tensor first_logits_;  // microbatch 0 of step 1, for --dump-first-step
 };

@@ -1,0 +1,57 @@
+// Named tensors on disk, read slice by slice: the shards of one of our
+// checkpoints, written by any layout, or a Hugging Face directory. A rank
+// asks for the slice its own layout holds (a ShardSpec) and reads only the
+// pieces that overlap it, so resuming on another TP or PP size, or starting
+// from HF weights, never loads the whole model into one rank unless that
+// rank holds it all. Vocabulary padding of either layout is handled: rows
+// past the real vocabulary are zero.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "minipretrain/checkpoint/safetensors.h"
+#include "minipretrain/parallel/shard.h"
+
+namespace minipretrain {
+
+class TensorSource {
+ public:
+  // Every shard-*.safetensors of a checkpoint directory, with the specs of
+  // its .json; each file's hash is checked before its first tensor is used.
+  static TensorSource from_checkpoint(const std::string& dir);
+  // model.safetensors, or the files model.safetensors.index.json names;
+  // tensor names get `prefix` in front ("model/", as our checkpoints name them).
+  static TensorSource from_hugging_face(const std::string& dir, const std::string& prefix);
+
+  bool has(const std::string& name) const { return pieces_.count(name) > 0; }
+  // Fills `dest` with its slice (`spec`; none: the whole tensor) of `name`.
+  // Throws CheckpointError naming the tensor when the source lacks it, holds
+  // it with another full shape, or lacks part of the slice (a missing file).
+  void read_into(const std::string& name, torch::Tensor dest, const std::optional<ShardSpec>& spec);
+  // The whole tensor (for import).
+  torch::Tensor read_full(const std::string& name);
+
+ private:
+  struct Piece {
+    size_t file;
+    std::string stored_name;        // as the file names it
+    std::optional<ShardSpec> spec;  // none: the whole tensor
+  };
+  struct File {
+    SafetensorsIndex index;
+    std::optional<uint64_t> fnv1a;  // expected hash, when the source records one
+    bool checked = false;
+  };
+  torch::Tensor read_piece(const Piece& piece);
+
+  std::string where_;  // the directory, for messages
+  std::vector<File> files_;
+  std::map<std::string, std::vector<Piece>> pieces_;
+};
+
+}  // namespace minipretrain

@@ -1,0 +1,119 @@
+#include "minipretrain/checkpoint/hf_import.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include "minipretrain/checkpoint/hf_export.h"
+#include "minipretrain/checkpoint/tensor_source.h"
+#include "minipretrain/distributed/communicator.h"
+#include "minipretrain/model/stage.h"
+
+namespace minipretrain {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr const char* kModelPrefix = "model/";
+
+nlohmann::json read_config_json(const fs::path& path) {
+  std::ifstream in(path);
+  if (!in) throw CheckpointError("cannot read " + path.string() + " (a Hugging Face model directory has one)");
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw CheckpointError(path.string() + " is not valid JSON: " + e.what());
+  }
+}
+
+// The model fields of our config, as JSON, for check_same_model.
+nlohmann::json model_json(const ModelConfig& model) {
+  Config config;
+  config.model = model;
+  return to_json(config);
+}
+
+}  // namespace
+
+ModelConfig read_hf_config(const std::string& hf_dir) {
+  const fs::path path = fs::path(hf_dir) / "config.json";
+  const nlohmann::json c = read_config_json(path);
+  const std::string file = path.string();
+  auto refuse = [&](const std::string& why) { throw CheckpointError(file + ": " + why); };
+  try {
+    if (c.value("model_type", std::string("llama")) != "llama")
+      refuse("model_type is '" + c.at("model_type").get<std::string>() + "'; only llama (LlamaForCausalLM) is supported");
+    if (c.contains("rope_scaling") && !c.at("rope_scaling").is_null())
+      refuse("rope_scaling " + c.at("rope_scaling").dump() + " is not supported (plain RoPE only)");
+    if (c.value("tie_word_embeddings", false)) refuse("tie_word_embeddings true is not supported (untied LM head only)");
+    for (const char* bias : {"attention_bias", "mlp_bias"})
+      if (c.value(bias, false)) refuse(std::string(bias) + " true is not supported (no biases)");
+    if (c.value("hidden_act", std::string("silu")) != "silu")
+      refuse("hidden_act '" + c.at("hidden_act").get<std::string>() + "' is not supported (SwiGLU with silu only)");
+    ModelConfig m;
+    m.vocab_size = c.at("vocab_size").get<int64_t>();
+    m.hidden_size = c.at("hidden_size").get<int64_t>();
+    m.intermediate_size = c.at("intermediate_size").get<int64_t>();
+    m.num_layers = c.at("num_hidden_layers").get<int64_t>();
+    m.num_attention_heads = c.at("num_attention_heads").get<int64_t>();
+    m.num_key_value_heads = c.value("num_key_value_heads", m.num_attention_heads);
+    m.max_seq_length = c.value("max_position_embeddings", m.max_seq_length);
+    m.rope_theta = c.value("rope_theta", 10000.0);
+    m.rms_norm_eps = c.value("rms_norm_eps", 1e-6);  // LlamaConfig's default
+    m.init_std = c.value("initializer_range", m.init_std);
+    if (c.contains("head_dim") && !c.at("head_dim").is_null() && c.at("head_dim").get<int64_t>() != m.head_dim())
+      refuse("head_dim " + c.at("head_dim").dump() + " is not hidden_size / num_attention_heads = " +
+             std::to_string(m.head_dim()) + " (not supported)");
+    return m;
+  } catch (const nlohmann::json::exception& e) {
+    throw CheckpointError(file + ": " + e.what());
+  }
+}
+
+void import_hugging_face(const std::string& hf_dir, const std::string& checkpoint_dir) {
+  Config config;
+  config.model = read_hf_config(hf_dir);
+  try {
+    config.resolve(1);
+  } catch (const ConfigError& e) {
+    throw CheckpointError(hf_dir + "/config.json: " + e.what());
+  }
+  TensorSource source = TensorSource::from_hugging_face(hf_dir, kModelPrefix);
+  // The model says which tensors it has and their full shapes; its
+  // parameters are allocated but never touched.
+  Stage model(config.model, StagePosition{}, std::make_shared<SoloCommunicator>("tp"));
+  std::map<std::string, torch::Tensor> tensors;
+  std::map<std::string, ShardSpec> specs;
+  for (const auto& [name, slot] : model->tensors()) {
+    const std::string key = kModelPrefix + name;
+    torch::Tensor full = torch::empty(slot.spec.full_shape, torch::kFloat);
+    source.read_into(key, full, std::nullopt);
+    tensors[key] = full;
+    specs[key] = slot.spec;
+  }
+  const fs::path final_dir(checkpoint_dir), tmp_dir = checkpoint_dir + ".tmp";
+  if (fs::exists(final_dir)) throw CheckpointError(checkpoint_dir + " already exists; import writes a new directory");
+  fs::remove_all(tmp_dir);
+  fs::create_directories(tmp_dir);
+  write_named_shard((tmp_dir / "shard-tp0-pp0").string(), tensors, specs);
+  const nlohmann::json meta = {{"step", 0},
+                               {"consumed_samples", 0},
+                               {"config", to_json(config)},
+                               {"layout", {{"tp", 1}, {"dp", 1}, {"pp", 1}}},
+                               {"imported_from", fs::absolute(hf_dir).string()}};
+  std::ofstream(tmp_dir / "meta.json") << meta.dump(2) << "\n";
+  fs::rename(tmp_dir, final_dir);
+}
+
+void load_weights(const std::string& path, const NamedState& weights, const Config& config) {
+  const fs::path dir(path);
+  const bool ours = fs::exists(dir / "meta.json");
+  if (!ours && !fs::exists(dir / "config.json"))
+    throw CheckpointError(path + " is neither a checkpoint (no meta.json) nor a Hugging Face model (no config.json)");
+  TensorSource source = ours ? TensorSource::from_checkpoint(path) : TensorSource::from_hugging_face(path, kModelPrefix);
+  if (ours)
+    check_same_model(model_json(read_checkpoint_config(path).model), config, "checkpoint " + path);
+  else
+    check_same_model(model_json(read_hf_config(path)), config, "Hugging Face model " + path);
+  for (const auto& [name, entry] : weights) source.read_into(name, entry.tensor, entry.spec);
+}
+
+}  // namespace minipretrain
