@@ -14,11 +14,8 @@
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 
-#include "minipretrain/checkpoint/checkpoint.h"
-#include "minipretrain/checkpoint/hf_export.h"
-#include "minipretrain/checkpoint/hf_import.h"
+#include "minipretrain/commands/commands.h"
 #include "minipretrain/data/text_tool.h"
-#include "minipretrain/model/generate.h"
 #include "minipretrain/config/cli.h"
 #include "minipretrain/config/faults.h"
 #include "minipretrain/distributed/launch_env.h"
@@ -103,52 +100,6 @@ std::string peak_resident_memory() {
   for (std::string line; std::getline(status, line);)
     if (line.rfind("VmHWM:", 0) == 0) return line.substr(line.find_first_not_of(" \t", 6));
   return "unknown";
-}
-
-// A checkpoint directory, or an output directory standing for its newest one.
-std::string checkpoint_dir(const std::string& path) {
-  if (std::filesystem::exists(std::filesystem::path(path) / "meta.json")) return path;
-  const std::string latest = find_latest_checkpoint(path);
-  if (latest.empty()) throw ConfigError("no checkpoint at or under '" + path + "'");
-  return latest;
-}
-
-void run_generate(const GenerateCommand& c) {
-  const ExternalTokenizer tokenizer(c.tokenizer);
-  ModelConfig model_config;
-  Stage model = load_for_inference(checkpoint_dir(c.checkpoint), &model_config);
-  // Preprocessing ends every document with EOS, so a document begins after one.
-  std::vector<int64_t> prompt = tokenizer.encode(c.prompt);
-  prompt.insert(prompt.begin(), tokenizer.eos_id());
-  SamplingOptions options;
-  options.max_new_tokens = c.max_new_tokens;
-  options.temperature = c.temperature;
-  options.top_k = c.top_k;
-  options.seed = c.seed;
-  options.stop_token = tokenizer.eos_id();
-  std::vector<int64_t> tokens(prompt.begin() + 1, prompt.end());
-  for (int64_t t : generate(model, model_config, prompt, options))
-    if (t != tokenizer.eos_id()) tokens.push_back(t);
-  std::printf("%s\n", tokenizer.decode(tokens).c_str());
-}
-
-void run_export(const ExportCommand& c) {
-  const std::string dir = checkpoint_dir(c.checkpoint);
-  HfExportOptions options;
-  options.tokenizer_model = c.tokenizer;
-  if (!c.tokenizer.empty()) {
-    const ExternalTokenizer tokenizer(c.tokenizer);
-    options.bos_token_id = tokenizer.bos_id();
-    options.eos_token_id = tokenizer.eos_id();
-  }
-  export_hugging_face(dir, c.output, options);
-  std::printf("exported %s to %s\n", dir.c_str(), c.output.c_str());
-}
-
-void run_import(const ImportCommand& c) {
-  import_hugging_face(c.hf_dir, c.output);
-  std::printf("imported %s to %s (weights only: train from it with --init-from %s)\n", c.hf_dir.c_str(),
-              c.output.c_str(), c.output.c_str());
 }
 
 // Exceptions from c10d carry a backtrace over many lines: one line is enough.

@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "minipretrain/checkpoint/checkpoint.h"
+#include "minipretrain/commands/commands.h"
 #include "minipretrain/model/generate.h"
 #include "test_support.h"
 

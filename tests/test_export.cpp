@@ -11,6 +11,7 @@
 
 #include "minipretrain/checkpoint/checkpoint.h"
 #include "minipretrain/checkpoint/hf_export.h"
+#include "minipretrain/commands/commands.h"
 #include "minipretrain/model/generate.h"
 #include "test_support.h"
 

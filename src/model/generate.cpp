@@ -4,8 +4,6 @@
 #include <limits>
 #include <stdexcept>
 
-#include "minipretrain/checkpoint/hf_export.h"
-#include "minipretrain/distributed/communicator.h"
 
 namespace minipretrain {
 namespace {
@@ -34,19 +32,6 @@ int64_t pick(torch::Tensor logits, const SamplingOptions& o, at::Generator& gene
 }
 
 }  // namespace
-
-Stage load_for_inference(const std::string& checkpoint_dir, ModelConfig* config_out) {
-  const ModelConfig config = read_checkpoint_config(checkpoint_dir).model;
-  const std::map<std::string, torch::Tensor> tensors = load_model_tensors(checkpoint_dir, config);
-  Stage model(config, StagePosition{}, std::make_shared<SoloCommunicator>("tp"));
-  torch::NoGradGuard no_grad;
-  // With TP = 1 every slot is a full tensor, whose shape load_model_tensors
-  // has checked.
-  const auto parameters = model->named_parameters();
-  for (const auto& [name, slot] : model->tensors()) slot.of(parameters[slot.parameter]).copy_(tensors.at(name));
-  if (config_out) *config_out = config;
-  return model;
-}
 
 std::vector<int64_t> generate(Stage& model, const ModelConfig& config, const std::vector<int64_t>& prompt,
                               const SamplingOptions& options) {

@@ -1,7 +1,5 @@
-// Text generation from a checkpoint, in one process on the CPU.
-//
-// load_for_inference builds the whole model (TP = PP = 1) from a checkpoint of
-// any layout. generate() is plain autoregressive decoding without a KV cache:
+// Text generation, in one process on the CPU (commands/commands.h loads the
+// model from a checkpoint). generate() is plain autoregressive decoding without a KV cache:
 // every new token runs the model over the last max_seq_length tokens (RoPE
 // tables end there). Deterministic: the same model, prompt and options give
 // the same tokens, since sampling draws from a CPU generator seeded by
@@ -17,12 +15,6 @@
 #include "minipretrain/model/stage.h"
 
 namespace minipretrain {
-
-// The model of `checkpoint_dir` with its trained weights. `config_out`, when
-// given, receives its ModelConfig (generate() needs it). Throws
-// std::runtime_error naming the path when meta.json is missing, or a tensor is
-// missing or of another shape.
-Stage load_for_inference(const std::string& checkpoint_dir, ModelConfig* config_out = nullptr);
 
 struct SamplingOptions {
   int64_t max_new_tokens = 64;
