@@ -16,7 +16,9 @@ mkdir -p "$work"
   --output-prefix "$work/shakespeare"
 "$bin" --config "$root/configs/tiny.json" --vocab-size 4096 --data-path "$work/shakespeare" \
   --split 98,2 --eval-interval 100 --eval-iters 4 --max-steps ${MAX_STEPS:-600} --log-interval 50 \
-  --output-dir "$work/checkpoints"
+  --output-dir "$work/checkpoints" --tensorboard-dir "$work/tensorboard"
 "$bin" generate --checkpoint "$work/checkpoints" --tokenizer "$work/tok.model" \
   --prompt "ROMEO:" --max-new-tokens 60 --seed 1
 "$bin" export --checkpoint "$work/checkpoints" --tokenizer "$work/tok.model" --output "$work/hf"
+python3 "$root/scripts/plot_metrics.py" "$work/checkpoints" -o "$work/curves.png" ||
+  echo "example_shakespeare: no curves.png (python3-matplotlib missing?)" >&2

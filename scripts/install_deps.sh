@@ -11,6 +11,7 @@ packages=(
   libcli11-dev libspdlog-dev nlohmann-json3-dev libgtest-dev
   libsentencepiece-dev sentencepiece
   openmpi-bin libopenmpi-dev
+  python3-matplotlib      # scripts/plot_metrics.py
 )
 
 missing=()

@@ -74,32 +74,32 @@ void print_config(const Config& config) {
               static_cast<long long>(n.per_layer_norms), static_cast<long long>(n.lm_head));
 }
 
+// The "Training Configuration" block of the Python original, on the logging rank.
 void log_banner(const Config& config, const ParallelState& parallel, const Trainer& trainer, int threads) {
   const ParameterCount n = count_parameters(config.model);
-  spdlog::info("minipretrain | {:.2f}M parameters | {} layers, hidden {}, heads {} (kv {}), vocab {}, seq {}",
-               n.total() / 1e6, config.model.num_layers, config.model.hidden_size, config.model.num_attention_heads,
-               config.model.kv_heads(), config.model.vocab_size, config.model.max_seq_length);
-  spdlog::info("Layout DP {} x TP {} x PP {} | global batch {} = micro {} x microbatches {} x DP {} | schedule {} | "
-               "{} threads per process",
-               parallel.layout().dp, parallel.layout().tp, parallel.layout().pp, config.global_batch(),
-               config.train.micro_batch_size, config.microbatches(), parallel.layout().dp,
-               config.parallel.pipeline_schedule, threads);
-  spdlog::info("Steps {} | LR {:.2e} -> {:.2e}, warm-up {:.0f}% | weight decay {} | grad clip {}", config.train.max_steps,
-               config.train.learning_rate, config.train.min_lr, 100 * config.train.warmup_ratio,
-               config.train.weight_decay, config.train.grad_clip);
+  const Layout& layout = parallel.layout();
   std::string split;
-  for (int64_t n : config.parallel.pipeline_layer_split) split += (split.empty() ? "" : ",") + std::to_string(n);
-  spdlog::info("Precision {} (--precision {}) | recompute {} | layers per pipeline stage {}", trainer.precision_name(),
-               config.train.precision, config.train.recompute, split);
-  if (trainer.dataset()) spdlog::info("Data: {}", trainer.dataset()->describe());
-}
-
-// VmHWM: the most resident memory this process has held.
-std::string peak_resident_memory() {
-  std::ifstream status("/proc/self/status");
-  for (std::string line; std::getline(status, line);)
-    if (line.rfind("VmHWM:", 0) == 0) return line.substr(line.find_first_not_of(" \t", 6));
-  return "unknown";
+  for (int64_t k : config.parallel.pipeline_layer_split) split += (split.empty() ? "" : ",") + std::to_string(k);
+  spdlog::info("Training Configuration:");
+  spdlog::info("  Model: {:.2f}M parameters | {} layers, hidden {}, intermediate {}, heads {} (kv {}), vocab {}, seq {}",
+               n.total() / 1e6, config.model.num_layers, config.model.hidden_size, config.model.intermediate_size,
+               config.model.num_attention_heads, config.model.kv_heads(), config.model.vocab_size,
+               config.model.max_seq_length);
+  spdlog::info("  World size: {} | Data parallel: {} | Tensor parallel: {} | Pipeline parallel: {} | {} threads per process",
+               layout.world(), layout.dp, layout.tp, layout.pp, threads);
+  spdlog::info("  Micro batch size: {} | Microbatches: {} | Global batch size: {} ({} tokens per step)",
+               config.train.micro_batch_size, config.microbatches(), config.global_batch(),
+               config.global_batch() * config.model.max_seq_length);
+  spdlog::info("  Pipeline schedule: {} | Layers per stage: {}", config.parallel.pipeline_schedule, split);
+  spdlog::info("  Steps: {} | LR {:.2e} -> {:.2e}, warm-up {:.0f}% | Weight decay: {} | Grad clip: {}",
+               config.train.max_steps, config.train.learning_rate, config.train.min_lr,
+               100 * config.train.warmup_ratio, config.train.weight_decay, config.train.grad_clip);
+  spdlog::info("  Precision {} (--precision {}) | Recompute: {} | Seed: {}", trainer.precision_name(),
+               config.train.precision, config.train.recompute, config.train.seed);
+  if (trainer.dataset()) spdlog::info("  Data: {}", trainer.dataset()->describe());
+  spdlog::info("  Output: {} (checkpoint every {} steps{}){}", config.log.output_dir, config.log.save_interval,
+               config.log.save_keep > 0 ? ", newest " + std::to_string(config.log.save_keep) + " kept" : "",
+               config.log.tensorboard_dir.empty() ? "" : " | TensorBoard: " + config.log.tensorboard_dir);
 }
 
 // Exceptions from c10d carry a backtrace over many lines: one line is enough.
@@ -166,7 +166,7 @@ int main(int argc, char** argv) {
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - launched).count());
     }
     const bool finished = trainer.run();
-    spdlog::info("Peak resident memory of rank {}: {}", parallel.rank(), peak_resident_memory());
+    spdlog::info("Peak resident memory of rank {}: {:.1f} MB", parallel.rank(), peak_resident_kb() / 1024.0);
     if (parallel.is_logging_rank() && finished) spdlog::info("Training finished");
     spdlog::shutdown();
     std::fflush(stdout);

@@ -104,15 +104,6 @@ void clean_output_dir(const fs::path& output_dir, int64_t keep, const fs::path& 
   }
 }
 
-nlohmann::json read_json(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) throw CheckpointError("cannot read " + path.string());
-  try {
-    return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw CheckpointError(path.string() + " is corrupt: " + e.what());
-  }
-}
 
 }  // namespace
 
@@ -142,6 +133,16 @@ void check_compatible(const nlohmann::json& saved, const Config& config, const s
 
 }  // namespace
 
+nlohmann::json read_json_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw CheckpointError("cannot read " + path);
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw CheckpointError(path + " is corrupt: " + e.what());
+  }
+}
+
 void write_named_shard(const std::string& path_prefix, const std::map<std::string, torch::Tensor>& tensors,
                        const std::map<std::string, ShardSpec>& specs) {
   std::vector<std::pair<std::string, torch::Tensor>> ordered(tensors.begin(), tensors.end());
@@ -154,7 +155,7 @@ void write_named_shard(const std::string& path_prefix, const std::map<std::strin
 
 std::map<std::string, torch::Tensor> read_named_shard(const std::string& path_prefix,
                                                       std::map<std::string, ShardSpec>* specs) {
-  const nlohmann::json index = read_json(path_prefix + ".json");
+  const nlohmann::json index = read_json_file(path_prefix + ".json");
   SafetensorsFile file;
   try {
     file = read_safetensors(path_prefix + ".safetensors");
@@ -214,7 +215,7 @@ std::string find_latest_checkpoint(const std::string& output_dir) {
 }
 
 TrainingProgress load_checkpoint(const std::string& dir, const NamedState& state, const Config& config) {
-  const nlohmann::json meta = read_json(fs::path(dir) / "meta.json");
+  const nlohmann::json meta = read_json_file((fs::path(dir) / "meta.json").string());
   if (!meta.contains("config") || !meta.contains("step"))
     throw CheckpointError(dir + "/meta.json is incomplete");
   check_compatible(meta.at("config"), config, dir);

@@ -14,16 +14,6 @@ namespace {
 
 constexpr const char* kModelPrefix = "model/";
 
-nlohmann::json read_config_json(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) throw CheckpointError("cannot read " + path.string() + " (a Hugging Face model directory has one)");
-  try {
-    return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw CheckpointError(path.string() + " is not valid JSON: " + e.what());
-  }
-}
-
 // The model fields of our config, as JSON, for check_same_model.
 nlohmann::json model_json(const ModelConfig& model) {
   Config config;
@@ -35,7 +25,7 @@ nlohmann::json model_json(const ModelConfig& model) {
 
 ModelConfig read_hf_config(const std::string& hf_dir) {
   const fs::path path = fs::path(hf_dir) / "config.json";
-  const nlohmann::json c = read_config_json(path);
+  const nlohmann::json c = read_json_file(path.string());
   const std::string file = path.string();
   auto refuse = [&](const std::string& why) { throw CheckpointError(file + ": " + why); };
   try {

@@ -31,15 +31,6 @@ int64_t volume(const Box& box) {
   return n;
 }
 
-nlohmann::json read_json_file(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) throw CheckpointError("cannot read " + path.string());
-  try {
-    return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw CheckpointError(path.string() + " is corrupt: " + e.what());
-  }
-}
 
 SafetensorsIndex index_of(const fs::path& path) {
   try {
@@ -63,7 +54,7 @@ TensorSource TensorSource::from_checkpoint(const std::string& dir) {
   if (indexes.empty()) throw CheckpointError("checkpoint " + dir + " has no shard files (shard-*.json)");
   std::sort(indexes.begin(), indexes.end());
   for (const fs::path& json_path : indexes) {
-    const nlohmann::json index = read_json_file(json_path);
+    const nlohmann::json index = read_json_file(json_path.string());
     fs::path tensors_path = json_path;
     tensors_path.replace_extension(".safetensors");
     File file{index_of(tensors_path), index.value("fnv1a", uint64_t{0}), false};
@@ -96,7 +87,7 @@ TensorSource TensorSource::from_hugging_face(const std::string& dir, const std::
   const fs::path root(dir);
   std::vector<std::string> names;
   if (fs::exists(root / "model.safetensors.index.json")) {
-    const nlohmann::json index = read_json_file(root / "model.safetensors.index.json");
+    const nlohmann::json index = read_json_file((root / "model.safetensors.index.json").string());
     std::set<std::string> unique;
     try {
       for (const auto& [tensor, file] : index.at("weight_map").items()) unique.insert(file.get<std::string>());

@@ -220,6 +220,8 @@ std::vector<Field> config_fields(Config& c) {
                 c.log.exit_duration_mins),
       field_for("save_keep", "keep only the newest N checkpoints, deleting older ones after each save (0: keep all)",
                 c.log.save_keep),
+      path(field_for("tensorboard_dir", "write TensorBoard event files (loss, LR, grad norm, throughput, ...) here",
+                     c.log.tensorboard_dir)),
   };
 }
 

@@ -4,6 +4,8 @@
 #include <sentencepiece_trainer.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -72,7 +74,20 @@ void Tokenizer::train(const std::vector<std::string>& inputs, int64_t vocab_size
                            " --normalization_rule_name=identity --remove_extra_whitespaces=false"
                            " --byte_fallback=true --minloglevel=1 --num_threads=" +
                            std::to_string(std::max(1u, std::thread::hardware_concurrency()));
+  // SentencePiece reports no progress we could turn into an ETA: say what it
+  // is doing and, after, how long it took.
+  uint64_t bytes = 0;
+  for (const auto& f : inputs) {
+    std::error_code ec;
+    bytes += fs::file_size(f, ec);
+  }
+  std::fprintf(stderr, "tokenizer: training a BPE vocabulary of %lld on %.1f MB of text...\n",
+               static_cast<long long>(vocab_size), bytes / 1e6);
+  const auto start = std::chrono::steady_clock::now();
   const auto status = sentencepiece::SentencePieceTrainer::Train(args);
+  if (status.ok())
+    std::fprintf(stderr, "tokenizer: trained in %.1f s\n",
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   // SentencePiece also skips the lines longer than its max_sentence_length.
   if (!status.ok() && std::string(status.message()).find("sentences_.empty()") != std::string::npos)
     throw ConfigError("tokenizer: the input has no usable text: " + named +

@@ -5,6 +5,13 @@
 
 namespace minipretrain {
 
+int64_t peak_resident_kb() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6));
+  return 0;
+}
+
 MetricsLog::MetricsLog(const std::string& output_dir, int64_t resume_step) {
   const std::filesystem::path path = std::filesystem::path(output_dir) / "metrics.jsonl";
   std::vector<std::string> kept;

@@ -10,6 +10,7 @@
 #include "minipretrain/config/faults.h"
 #include "minipretrain/train/grad_clip.h"
 #include "minipretrain/train/stop_signals.h"
+#include "minipretrain/train/tensorboard.h"
 
 namespace minipretrain {
 namespace {
@@ -18,6 +19,12 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// 3725 s -> "1:02:05".
+std::string clock_time(double seconds) {
+  const int64_t s = static_cast<int64_t>(std::max(0.0, seconds) + 0.5);
+  return fmt::format("{}:{:02d}:{:02d}", s / 3600, s / 60 % 60, s % 60);
 }
 
 nlohmann::json stats_json(const Communicator& comm) {
@@ -208,6 +215,11 @@ double Trainer::evaluate(int64_t step) {
   if (parallel_.is_logging_rank()) {
     spdlog::info("Validation at step {} | Loss: {:.4f} | PPL: {:.2f}", step, loss, std::exp(loss));
     metrics_->write({{"step", step}, {"val_loss", loss}, {"val_ppl", std::exp(loss)}});
+    if (tensorboard_) {
+      tensorboard_->add_scalar("val/loss", loss, step);
+      tensorboard_->add_scalar("val/ppl", std::exp(loss), step);
+      tensorboard_->flush();
+    }
   }
   return loss;
 }
@@ -216,6 +228,8 @@ bool Trainer::run() {
   std::filesystem::create_directories(config_.log.output_dir);
   resume();
   if (parallel_.is_logging_rank()) metrics_ = std::make_unique<MetricsLog>(config_.log.output_dir, start_step_ - 1);
+  if (parallel_.is_logging_rank() && !config_.log.tensorboard_dir.empty())
+    tensorboard_ = std::make_unique<TensorBoardWriter>(config_.log.tensorboard_dir, start_step_ - 1);
   install_stop_handlers();
   run_start_ = Clock::now();
   const int64_t max_steps = config_.train.max_steps;
@@ -279,9 +293,10 @@ void Trainer::save(int64_t step) {
                                          step, bad.item<double>(), latest.empty() ? "none" : latest));
   }
   step_count_.fill_(optimizer_->steps_taken());
+  const auto start = Clock::now();
   const std::string dir =
       save_checkpoint(config_.log.output_dir, {step, step * config_.global_batch()}, checkpoint_state(), config_, parallel_);
-  if (parallel_.is_logging_rank()) spdlog::info("Saved checkpoint {}", dir);
+  if (parallel_.is_logging_rank()) spdlog::info("Saved checkpoint {} in {:.1f} s", dir, seconds_since(start));
 }
 
 void Trainer::resume() {
@@ -316,10 +331,12 @@ void Trainer::log_step(int64_t step, const StepStats& s, double interval_seconds
   if (!parallel_.is_logging_rank()) return;
   const double samples_per_s = config_.global_batch() * interval_steps / interval_seconds;
   const double tokens_per_s = samples_per_s * config_.model.max_seq_length;
+  const double step_seconds = interval_seconds / interval_steps;
   std::string line = fmt::format("Step {} | Loss: {:.4f} | LR: {:.2e} | Throughput: {:.2f} samples/s | {:.0f} tokens/s | "
-                                 "Grad norm: {:.3f} | {:.1f} ms/step",
+                                 "Grad norm: {:.3f} | {:.1f} ms/step | Elapsed: {} | ETA: {}",
                                  step, s.boundary.loss, s.lr, samples_per_s, tokens_per_s, s.grad_norm,
-                                 1000.0 * interval_seconds / interval_steps);
+                                 1000.0 * step_seconds, clock_time(seconds_since(run_start_)),
+                                 clock_time(step_seconds * static_cast<double>(config_.train.max_steps - step)));
   const int64_t pp = parallel_.layout().pp, m = config_.microbatches();
   const double theory = static_cast<double>(pp - 1) / static_cast<double>(m + pp - 1);
   if (pp > 1) line += fmt::format(" | Bubble: {:.2f} (theory {:.2f})", s.bubble, theory);
@@ -330,6 +347,8 @@ void Trainer::log_step(int64_t step, const StepStats& s, double interval_seconds
                            {"loss", s.boundary.loss},
                            {"skipped", s.boundary.non_finite},
                            {"skipped_total", skipped_total_},
+                           {"peak_rss_mb", peak_resident_kb() / 1024.0},
+                           {"tokens_seen", step * config_.global_batch() * config_.model.max_seq_length},
                            {"lr", s.lr},
                            {"grad_norm", s.grad_norm},
                            {"tokens_per_s", tokens_per_s},
@@ -345,6 +364,12 @@ void Trainer::log_step(int64_t step, const StepStats& s, double interval_seconds
                            {"comm", comm_stats()}};
   spdlog::debug("communication this step: {}", record["comm"].dump());
   metrics_->write(record);
+  if (tensorboard_) {
+    for (const char* key : {"loss", "lr", "grad_norm", "tokens_per_s", "skipped_total", "peak_rss_mb"})
+      tensorboard_->add_scalar(std::string("train/") + key, record[key].is_number() ? record[key].get<double>() : NAN, step);
+    if (pp > 1) tensorboard_->add_scalar("train/bubble", s.bubble, step);
+    tensorboard_->flush();
+  }
 }
 
 nlohmann::json Trainer::comm_stats() const {

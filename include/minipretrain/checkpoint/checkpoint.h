@@ -61,6 +61,10 @@ TrainingProgress load_checkpoint(const std::string& dir, const NamedState& state
 // fields of `saved` (a config as JSON) equal this run's.
 void check_same_model(const nlohmann::json& saved, const Config& config, const std::string& what);
 
+// A JSON file of a checkpoint (meta.json, a shard's index); throws
+// CheckpointError naming the file when it cannot be read or parsed.
+nlohmann::json read_json_file(const std::string& path);
+
 // Named tensors of one rank, with their specs, written and read in the shard
 // format above (also used for --dump-first-step).
 void write_named_shard(const std::string& path_prefix, const std::map<std::string, torch::Tensor>& tensors,

@@ -88,6 +88,7 @@ struct LogConfig {
   int64_t exit_interval = 0;  // >0: save and exit after a step divisible by it
   double exit_duration_mins = 0;  // >0: save and exit once the run has taken this long
   int64_t save_keep = 0;          // >0: keep only the newest N checkpoints
+  std::string tensorboard_dir;    // non-empty: rank 0 writes TensorBoard event files here
 };
 
 struct Config {

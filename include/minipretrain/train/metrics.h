@@ -10,6 +10,9 @@
 
 namespace minipretrain {
 
+// VmHWM of /proc/self/status: the most resident memory this process has held.
+int64_t peak_resident_kb();
+
 class MetricsLog {
  public:
   // Keeps the lines of steps <= `resume_step` (0: starts afresh), so a resumed

@@ -22,6 +22,7 @@
 #include "minipretrain/train/lr_schedule.h"
 #include "minipretrain/train/main_params.h"
 #include "minipretrain/train/metrics.h"
+#include "minipretrain/train/tensorboard.h"
 
 namespace minipretrain {
 
@@ -80,6 +81,7 @@ class Trainer {
   std::unique_ptr<PipelineExecutor> executor_;
   std::vector<Action> actions_;
   std::unique_ptr<MetricsLog> metrics_;
+  std::unique_ptr<TensorBoardWriter> tensorboard_;  // logging rank, with --tensorboard-dir
   int64_t start_step_ = 1;
   double elapsed_ = 0.0;
   std::chrono::steady_clock::time_point run_start_;  // for --exit-duration-mins
