@@ -20,5 +20,6 @@ mkdir -p "$work"
 "$bin" generate --checkpoint "$work/checkpoints" --tokenizer "$work/tok.model" \
   --prompt "ROMEO:" --max-new-tokens 60 --seed 1
 "$bin" export --checkpoint "$work/checkpoints" --tokenizer "$work/tok.model" --output "$work/hf"
-python3 "$root/scripts/plot_metrics.py" "$work/checkpoints" -o "$work/curves.png" ||
+# Debian's python3 has python3-matplotlib; a python3 earlier on PATH (pyenv, venv) may not.
+"$(command -v /usr/bin/python3 || command -v python3)" "$root/scripts/plot_metrics.py" "$work/checkpoints" -o "$work/curves.png" ||
   echo "example_shakespeare: no curves.png (python3-matplotlib missing?)" >&2
