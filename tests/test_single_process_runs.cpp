@@ -215,6 +215,9 @@ TEST(Run, MissingPeersNameTheRendezvousAndTheWait) {
                                  : "rank 1 cannot reach the rendezvous at 127.0.0.1:" + port + " (tried for ";
     EXPECT_NE(r.output.find(message), std::string::npos) << r.output;
     EXPECT_EQ(r.output.find("Socket Timeout"), std::string::npos) << r.output;
+    // Rank 0 says where it serves the rendezvous: MASTER_ADDR only, not every interface.
+    EXPECT_EQ(r.output.find("Rendezvous listens on 127.0.0.1:" + port) != std::string::npos, std::string(rank) == "0")
+        << r.output;
   }
 }
 

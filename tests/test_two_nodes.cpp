@@ -109,6 +109,9 @@ TEST_F(TwoNodes, TensorParallelInsideANodePipelineAcrossNodesEqualsOneProcess) {
   EXPECT_EQ(occurrences(r1.output, "Gloo binds to "), 1u) << r1.output;
   EXPECT_NE(r0.output.find("Gloo binds to 10.77.0.1 on " + veth_[0]), std::string::npos) << r0.output;
   EXPECT_NE(r1.output.find("Gloo binds to 10.77.0.2 on " + veth_[1]), std::string::npos) << r1.output;
+  // Rank 0 serves the rendezvous on MASTER_ADDR alone.
+  EXPECT_EQ(occurrences(r0.output, "Rendezvous listens on " + kMasterAddr + ":" + port), 1u) << r0.output;
+  EXPECT_EQ(occurrences(r1.output, "Rendezvous listens"), 0u) << r1.output;
   expect_same_losses(base, out, kSteps, 1e-5);
   expect_same_weights(base, out, 1e-4);
 }
@@ -125,6 +128,11 @@ TEST_F(TwoNodes, AMasterAddressThatIsTheLoopbackOnTheMastersNodeStillJoinsTheNod
   ASSERT_EQ(r1.exit_code, 0) << "node 1:\n" << r1.output << "\nnode 0:\n" << r0.output;
   EXPECT_NE(r0.output.find("Gloo binds to 10.77.0.1 on " + veth_[0] +
                            ": the local address that routes to rank 1 at 10.77.0.2"),
+            std::string::npos)
+      << r0.output;
+  // Node 0's ranks reach it on the loopback, node 1's on the veth pair: only every interface serves both.
+  EXPECT_NE(r0.output.find("Rendezvous listens on every interface, 0.0.0.0:" + port + ": MASTER_ADDR 127.0.0.1 is the "
+                           "loopback here"),
             std::string::npos)
       << r0.output;
 }

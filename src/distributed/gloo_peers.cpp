@@ -10,12 +10,13 @@
 #include <cstddef>
 #include <cstring>
 #include <functional>
-#include <memory>
 #include <stdexcept>
 #include <utility>
 #include <vector>
 
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+
+#include "minipretrain/distributed/sockets.h"
 
 namespace minipretrain {
 namespace {
@@ -32,57 +33,6 @@ constexpr int kPollMs = 50;
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
 
 std::string in_seconds(std::chrono::milliseconds d) { return std::to_string(d.count() / 1000) + " s"; }
-
-// A descriptor, closed on every path.
-class Socket {
- public:
-  explicit Socket(int fd = -1) : fd_(fd) {}
-  Socket(Socket&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-  Socket& operator=(Socket&& other) noexcept {
-    std::swap(fd_, other.fd_);
-    return *this;
-  }
-  Socket(const Socket&) = delete;
-  Socket& operator=(const Socket&) = delete;
-  ~Socket() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int fd() const { return fd_; }
-
- private:
-  int fd_;
-};
-
-using AddrInfo = std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)>;
-
-// Numeric host and port only: nothing is looked up.
-AddrInfo resolve_numeric(const std::string& host, const std::string& port) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
-  addrinfo* found = nullptr;
-  const int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &found);
-  if (rc != 0) throw std::runtime_error(std::string("getaddrinfo: ") + ::gai_strerror(rc));
-  return AddrInfo(found, &::freeaddrinfo);
-}
-
-// Listens on `address` at a port the kernel picks, which goes to `port`.
-Socket listen_on(const std::string& address, std::string& port) {
-  const AddrInfo ai = resolve_numeric(address, "0");
-  Socket s(::socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  if (s.fd() < 0 || ::bind(s.fd(), ai->ai_addr, ai->ai_addrlen) != 0 || ::listen(s.fd(), SOMAXCONN) != 0)
-    throw std::runtime_error(std::strerror(errno));
-  sockaddr_storage bound{};
-  socklen_t length = sizeof(bound);
-  char service[NI_MAXSERV];
-  if (::getsockname(s.fd(), reinterpret_cast<sockaddr*>(&bound), &length) != 0 ||
-      ::getnameinfo(reinterpret_cast<sockaddr*>(&bound), length, nullptr, 0, service, sizeof(service),
-                    NI_NUMERICSERV) != 0)
-    throw std::runtime_error("cannot read the port it listens on");
-  port = service;
-  return s;
-}
 
 // A probe needs only the handshake, which the kernel completes; accepting and
 // closing keeps the backlog from filling up.
@@ -244,7 +194,8 @@ void check_peers_reachable(const c10::intrusive_ptr<c10d::Store>& store, const s
   Socket listener;
   std::string port;
   try {
-    listener = listen_on(address, port);
+    listener = listen_on(address, "0");
+    port = port_of(listener.fd());
   } catch (const std::exception& e) {
     failure = me + " cannot listen on its Gloo address " + address + ": " + e.what();
   }

@@ -88,6 +88,19 @@ std::string local_address_towards(const std::string& host, const std::string& wh
                            " (GLOO_SOCKET_IFNAME picks Gloo's interface by hand)");
 }
 
+std::vector<std::string> addresses_of(const std::string& host, const std::string& what) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  const int rc = ::getaddrinfo(host.c_str(), nullptr, &hints, &found);
+  if (rc != 0) throw std::runtime_error("cannot resolve " + what + " " + host + ": " + ::gai_strerror(rc));
+  const std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> owned(found, &::freeaddrinfo);
+  std::vector<std::string> addresses;
+  for (const addrinfo* a = found; a; a = a->ai_next) addresses.push_back(numeric_host(a->ai_addr, a->ai_addrlen));
+  return addresses;
+}
+
 bool is_loopback(const std::string& address) {
   in_addr v4{};
   if (::inet_pton(AF_INET, address.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;

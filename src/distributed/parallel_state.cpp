@@ -62,7 +62,8 @@ ParallelState::ParallelState(const LaunchEnv& env, const Config& config, const t
   // Chosen before the rendezvous, so that a bad GLOO_SOCKET_IFNAME fails at once.
   const bool gloo = !device.is_cuda();
   GlooAddress gloo_address = gloo ? choose_gloo_address(addr) : GlooAddress{};
-  auto store = rendezvous(addr, static_cast<int>(port), global_rank, world_size, timeout);
+  const bool one_host = env.world_size == env.local_world_size;
+  auto store = rendezvous(addr, static_cast<int>(port), global_rank, world_size, one_host, timeout);
   if (gloo) {
     gloo_address = settle_gloo_address(store, where, global_rank, world_size, gloo_address, timeout);
     if (env.local_rank == 0)

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace minipretrain {
 
@@ -24,6 +25,10 @@ GlooAddress choose_gloo_address(const std::string& master_addr);
 // found with a UDP connect(), which sends nothing. `what` names the host in
 // errors ("MASTER_ADDR").
 std::string local_address_towards(const std::string& host, const std::string& what);
+
+// The numeric addresses `host` (a name or a numeric address) resolves to, in
+// the resolver's order. Throws std::runtime_error naming `what` and `host`.
+std::vector<std::string> addresses_of(const std::string& host, const std::string& what);
 
 // 127.0.0.0/8 or ::1: an address no other host reaches.
 bool is_loopback(const std::string& address);
