@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <random>
 
 #include "minipretrain/data/indexed_dataset.h"
@@ -178,4 +179,41 @@ TEST(Text, EmptyInputOrNotATokenizerSaysWhichFile) {
     EXPECT_NE(r.output.find(message), std::string::npos) << r.output;
     EXPECT_EQ(r.output.find("Internal"), std::string::npos) << r.output;
   }
+}
+
+// Long work that is not training says how far it is: the tokenizer what it
+// trains and how long it took; preprocess and export their progress with
+// rate and ETA, as lines (not carriage returns) when stderr is not a terminal.
+TEST(Text, LongWorkShowsProgressWithRateAndEta) {
+  const std::string dir = fresh_dir("text_progress");
+  {
+    std::ofstream corpus(dir + "/corpus.txt");
+    for (const auto& d : documents(400)) corpus << d << "\n";
+  }
+  ProcessResult r = minipretrain_run({"tokenizer", "--input", dir + "/corpus.txt", "--vocab-size", "320", "--output",
+                                      dir + "/tok.model"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("tokenizer: training a BPE vocabulary of 320 on"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("tokenizer: trained in"), std::string::npos) << r.output;
+
+  r = minipretrain_run({"preprocess", "--tokenizer", dir + "/tok.model", "--input", dir + "/corpus.txt",
+                        "--output-prefix", dir + "/data"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(std::regex_search(
+      r.output, std::regex("preprocess: [0-9.]+ MB \\(100%\\) \\| ETA 0:00:00 \\| [0-9.]+ MB/s \\| 400 documents, "
+                           "[0-9]+ tokens, [0-9]+ tokens/s\n")))
+      << r.output;
+  EXPECT_EQ(r.output.find('\r'), std::string::npos) << "carriage returns in a log that is not a terminal";
+
+  std::vector<std::string> args = tiny_args(dir + "/out", 2);
+  args.insert(args.end(), {"--vocab-size", "320", "--data-path", dir + "/data"});
+  args.insert(args.begin(), binary());
+  ASSERT_EQ(run(args, {}, 120).exit_code, 0);
+  r = minipretrain_run({"export", "--checkpoint", dir + "/out", "--output", dir + "/hf"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(std::regex_search(r.output, std::regex("reading .*checkpoint-00000002: [0-9]+\\.0 tensors \\(100%\\) \\| "
+                                                     "ETA 0:00:00 \\| [0-9.]+ tensors/s\n")))
+      << r.output;
+  EXPECT_TRUE(std::regex_search(r.output, std::regex("writing .*model.safetensors: [0-9.]+ MB \\| [0-9.]+ MB/s\n")))
+      << r.output;
 }

@@ -8,6 +8,8 @@
 
 #include "minipretrain/checkpoint/checkpoint.h"
 #include "minipretrain/checkpoint/safetensors.h"
+#include "minipretrain/checkpoint/tensor_source.h"
+#include "minipretrain/config/progress.h"
 #include "minipretrain/distributed/communicator.h"
 #include "minipretrain/model/stage.h"
 
@@ -81,27 +83,22 @@ Config read_checkpoint_config(const std::string& checkpoint_dir) {
   return config;
 }
 
-std::map<std::string, torch::Tensor> load_model_tensors(const std::string& checkpoint_dir,
-                                                        const ModelConfig& config) {
-  std::map<std::string, torch::Tensor> saved;
-  try {
-    saved = load_full_tensors(checkpoint_dir);
-  } catch (const c10::Error& e) {  // shards that do not join: a TP rank's file is missing
-    throw CheckpointError("checkpoint " + checkpoint_dir + ": " + e.what_without_backtrace());
-  }
+std::map<std::string, torch::Tensor> load_model_tensors(const std::string& checkpoint_dir, const ModelConfig& config,
+                                                        bool show_progress) {
+  TensorSource source = TensorSource::from_checkpoint(checkpoint_dir);
   // The model itself says which tensors it has and their full shapes; its
   // parameters are allocated but never touched.
   Stage model(config, StagePosition{}, std::make_shared<SoloCommunicator>("tp"));
+  const auto& slots = model->tensors();
+  Progress progress("reading " + checkpoint_dir, static_cast<double>(slots.size()), "tensors", show_progress);
   std::map<std::string, torch::Tensor> tensors;
-  for (const auto& [name, slot] : model->tensors()) {
-    const ShardSpec& spec = slot.spec;
-    auto it = saved.find(name);
-    if (it == saved.end()) throw CheckpointError("checkpoint " + checkpoint_dir + " has no tensor " + name);
-    if (it->second.sizes().vec() != spec.full_shape)
-      throw CheckpointError("checkpoint " + checkpoint_dir + ": " + name + " has shape " +
-                            c10::str(it->second.sizes()) + ", the model expects " + c10::str(spec.full_shape));
-    tensors[name] = it->second;
+  for (const auto& [name, slot] : slots) {
+    torch::Tensor full = torch::empty(slot.spec.full_shape, torch::kFloat);
+    source.read_into("model/" + name, full, std::nullopt);
+    tensors[name] = full;
+    progress.update(static_cast<double>(tensors.size()));
   }
+  progress.finish(static_cast<double>(tensors.size()));
   return tensors;
 }
 
@@ -111,13 +108,15 @@ void export_hugging_face(const std::string& checkpoint_dir, const std::string& o
     throw std::runtime_error("tokenizer model " + options.tokenizer_model + " does not exist");
   const ModelConfig model = read_checkpoint_config(checkpoint_dir).model;
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
-  for (const auto& [name, t] : load_model_tensors(checkpoint_dir, model))
-    tensors.emplace_back(name, t.to(torch::kFloat));
+  for (const auto& [name, t] : load_model_tensors(checkpoint_dir, model, options.progress)) tensors.emplace_back(name, t);
 
   const fs::path out(output_dir);
   fs::create_directories(out);
+  Progress writing("writing " + (out / "model.safetensors").string(), 0, "MB", options.progress);
+  uint64_t bytes = 0;
   write_atomically(out / "model.safetensors",
-                   [&](const std::string& tmp) { write_safetensors(tmp, tensors, {{"format", "pt"}}); });
+                   [&](const std::string& tmp) { bytes = write_safetensors(tmp, tensors, {{"format", "pt"}}).first; });
+  writing.finish(bytes / 1e6);
   write_json(out / "config.json", hf_config(model, options));
   if (!options.tokenizer_model.empty()) {
     write_atomically(out / "tokenizer.model", [&](const std::string& tmp) {

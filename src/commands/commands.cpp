@@ -46,6 +46,7 @@ void run_export(const ExportCommand& c) {
   const std::string dir = checkpoint_dir(c.checkpoint);
   HfExportOptions options;
   options.tokenizer_model = c.tokenizer;
+  options.progress = true;
   if (!c.tokenizer.empty()) {
     const ExternalTokenizer tokenizer(c.tokenizer);
     options.bos_token_id = tokenizer.bos_id();

@@ -1,7 +1,5 @@
 #include "minipretrain/text/preprocess.h"
 
-#include <unistd.h>
-
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -10,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "minipretrain/config/config.h"
+#include "minipretrain/config/progress.h"
 #include "minipretrain/data/indexed_writer.h"
 #include "minipretrain/text/tokenizer.h"
 
@@ -103,32 +102,24 @@ class DocumentReader {
 }  // namespace
 
 PreprocessStats preprocess(const PreprocessOptions& options) {
-  const auto start = std::chrono::steady_clock::now();
   Tokenizer tokenizer(options.tokenizer);
   const int workers = options.workers > 0 ? options.workers : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   IndexedDatasetWriter writer(options.output_prefix, tokenizer.vocab_size());
   PreprocessStats stats;
-  // Progress with rate and ETA (from the input bytes left): rewritten in
-  // place on a terminal, else one line every 10 seconds (logs of batch jobs).
-  const bool show = options.progress, terminal = ::isatty(STDERR_FILENO) == 1;
-  uint64_t total_bytes = 0, done_bytes = 0;
+  // Progress by input megabytes, so that the ETA counts what is left to read.
+  double total_mb = 0, done_mb = 0;
   for (const std::string& path : options.inputs) {
     std::error_code ec;
-    total_bytes += std::filesystem::file_size(path, ec);
+    total_mb += std::filesystem::file_size(path, ec) / 1e6;
   }
-  double last_line = 0;
+  Progress progress("preprocess", total_mb, "MB", options.progress);
   auto report = [&](bool last) {
-    stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (!show || (!terminal && !last && stats.seconds - last_line < 10)) return;
-    last_line = stats.seconds;
-    const double rate = done_bytes / std::max(stats.seconds, 1e-9);
-    const double left = rate > 0 && total_bytes > done_bytes ? (total_bytes - done_bytes) / rate : 0;
-    std::fprintf(stderr, "%spreprocess: %lld documents, %lld tokens | %.0f docs/s | %.0f tokens/s | %.0f%% | ETA %lld:%02lld:%02lld%s",
-                 terminal ? "\r" : "", static_cast<long long>(stats.documents), static_cast<long long>(stats.tokens),
-                 stats.documents / std::max(stats.seconds, 1e-9), stats.tokens / std::max(stats.seconds, 1e-9),
-                 total_bytes ? std::min(100.0, 100.0 * done_bytes / total_bytes) : 100.0,
-                 static_cast<long long>(left) / 3600, static_cast<long long>(left) / 60 % 60,
-                 static_cast<long long>(left) % 60, terminal && !last ? "" : "\n");
+    stats.seconds = progress.seconds();
+    const std::string detail = std::to_string(stats.documents) + " documents, " + std::to_string(stats.tokens) +
+                               " tokens, " + std::to_string(static_cast<int64_t>(stats.tokens / std::max(stats.seconds, 1e-9))) +
+                               " tokens/s";
+    if (last) progress.finish(done_mb, detail);
+    else progress.update(done_mb, detail);
   };
 
   std::vector<Document> batch;
@@ -153,7 +144,7 @@ PreprocessStats preprocess(const PreprocessOptions& options) {
         stats.tokens += static_cast<int64_t>(doc.size());
       }
       stats.documents += static_cast<int64_t>(batch.size());
-      for (const Document& d : batch) done_bytes += d.text.size() + 1;
+      for (const Document& d : batch) done_mb += (d.text.size() + 1) / 1e6;
       report(false);
     }
   }

@@ -27,6 +27,7 @@ struct HfExportOptions {
   std::string tokenizer_model;          // SentencePiece .model to copy; "" for none
   std::optional<int64_t> bos_token_id;  // written to config.json when set
   std::optional<int64_t> eos_token_id;
+  bool progress = false;  // progress lines on stderr (the CLI)
 };
 
 // Throws std::runtime_error naming the path when the checkpoint has no
@@ -44,6 +45,6 @@ Config read_checkpoint_config(const std::string& checkpoint_dir);
 // when one is missing or has another shape. Tensors the model does not have
 // are left out.
 std::map<std::string, torch::Tensor> load_model_tensors(const std::string& checkpoint_dir,
-                                                        const ModelConfig& config);
+                                                        const ModelConfig& config, bool show_progress = false);
 
 }  // namespace minipretrain
