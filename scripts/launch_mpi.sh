@@ -21,7 +21,7 @@
 #   MAX_RESTARTS [0]: when the job fails, run it again with --resume auto (from
 #     the newest checkpoint in --output-dir), at most this many times; the
 #     ranks see the attempt as MINIPRETRAIN_RESTART_COUNT. Not after a signal,
-#     nor after exit code 2 (a bad configuration fails again).
+#     nor after exit code 2 (a bad configuration) or 3 (training diverged).
 # Every argument goes to the binary unchanged, after the flags built from the
 # settings above; the binary takes a repeated flag's last value.
 #
@@ -147,7 +147,7 @@ signalled=""
 mpirun_pid=""
 forward() {  # SIGNAL
   signalled=$1
-  [[ -n $mpirun_pid ]] && kill -s "$1" "$mpirun_pid" 2>/dev/null
+  [[ -n $mpirun_pid ]] && { kill -s "$1" "$mpirun_pid" 2>/dev/null || true; }
   return 0
 }
 trap 'forward INT' INT
@@ -160,7 +160,7 @@ while :; do
     wait "$mpirun_pid" && rc=0 || rc=$?
     kill -0 "$mpirun_pid" 2>/dev/null || break
   done
-  if ((rc == 0)) || [[ -n $signalled ]] || ((rc == 2 || MINIPRETRAIN_RESTART_COUNT >= MAX_RESTARTS)); then
+  if ((rc == 0)) || [[ -n $signalled ]] || ((rc == 2 || rc == 3 || MINIPRETRAIN_RESTART_COUNT >= MAX_RESTARTS)); then
     exit "$rc"
   fi
   MINIPRETRAIN_RESTART_COUNT=$((MINIPRETRAIN_RESTART_COUNT + 1))

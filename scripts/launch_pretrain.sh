@@ -20,8 +20,10 @@
 #     with --resume auto (from the newest checkpoint in --output-dir), at most
 #     this many times (torchrun's --max-restarts). The ranks see the attempt
 #     as MINIPRETRAIN_RESTART_COUNT. Not after a signal, nor after exit code 2
-#     (a bad configuration fails again). With several nodes, each node's
-#     launcher restarts its own ranks; give every node the same MAX_RESTARTS.
+#     (a bad configuration) or 3 (training diverged): they fail again. With
+#     several nodes, each node's launcher restarts its own ranks; give every
+#     node the same MAX_RESTARTS. Under LAUNCHER=torchrun, torchrun restarts
+#     on any failure, codes 2 and 3 included.
 # Every argument goes to the binary unchanged, after the flags built from the
 # settings above (--tensor-parallel-size, --pipeline-parallel-size,
 # --micro-batch-size, --max-steps); the binary takes a repeated flag's last
@@ -119,6 +121,7 @@ pids=()      # pids[local_rank]; emptied once that rank has been reaped
 live_count=0
 exit_code=0  # what the script exits with
 stopping=""  # why we are tearing down: "", "failure" or "signal"
+signalled="" # a signal came: no restart, whatever else happened
 restarts=0   # attempts so far after the first
 
 signal_ranks() {  # SIGNAL: send it to every rank not yet reaped
@@ -141,6 +144,7 @@ any_rank_alive() {
 
 # shellcheck disable=SC2317  # only ever called from the traps below
 on_signal() {  # SIGNAL NUMBER
+  signalled=$1
   if [[ -z $stopping ]]; then
     stopping=signal
     log "got SIG$1, passing it to $live_count rank(s), which save a checkpoint and stop (a second signal kills them)"
@@ -236,7 +240,9 @@ wait_for_ranks() {
 start_ranks
 wait_for_ranks
 # torchrun's --max-restarts: all ranks again, from the newest checkpoint.
-while [[ $stopping == failure ]] && ((restarts < MAX_RESTARTS && exit_code != 2)); do
+# Not after a signal, a bad configuration (2) or a diverged run (3): those
+# fail the same way again.
+while [[ $stopping == failure && -z $signalled ]] && ((restarts < MAX_RESTARTS && exit_code != 2 && exit_code != 3)); do
   restarts=$((restarts + 1))
   log "restart $restarts of $MAX_RESTARTS: starting all $NPROC_PER_NODE rank(s) again with --resume auto"
   ((restarts == 1)) && bin_args+=(--resume auto)

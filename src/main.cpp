@@ -1,6 +1,6 @@
-// minipretrain: wires the command line to the trainer. Exit codes: 0 done,
-// 2 bad configuration or layout, 1 any other failure (data, checkpoint, a
-// peer process that died).
+// minipretrain: wires the command line to the trainer. Exit codes: 0 done
+// (or stopped with a checkpoint), 2 bad configuration or layout, 3 training
+// diverged, 1 any other failure (data, checkpoint, a peer process that died).
 #include <chrono>
 #include <malloc.h>
 #include <unistd.h>
@@ -173,6 +173,8 @@ int main(int argc, char** argv) {
     std::_Exit(0);
   } catch (const ConfigError& e) {
     fail(2, e.what());
+  } catch (const DivergedError& e) {
+    fail(3, e.what());
   } catch (const c10::Error& e) {
     fail(1, e.what_without_backtrace());
   } catch (const std::exception& e) {

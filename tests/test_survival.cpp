@@ -169,7 +169,7 @@ TEST(Survival, ConsecutiveNansStopTheRunAndTheNewestCheckpointIsFinite) {
   auto solo = start_ranks(1, with(tiny_args(out, 12), {"--save-interval", "2", "--max-skipped-steps", "3"}),
                           {{"MINIPRETRAIN_FAULT", "nan@4-12:0"}});
   ProcessResult r = solo[0]->wait(120);
-  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_EQ(r.exit_code, 3) << r.output;  // diverged: the launchers do not restart it
   EXPECT_NE(r.output.find("steps 4 to 6 all had a non-finite loss or gradients (--max-skipped-steps 3)"),
             std::string::npos)
       << r.output;
@@ -258,6 +258,15 @@ TEST(Survival, SaveKeepAndExitDuration) {
     if (e.path().filename().string().rfind("checkpoint-", 0) == 0) left.push_back(e.path().filename().string());
   std::sort(left.begin(), left.end());
   EXPECT_EQ(left, (std::vector<std::string>{"checkpoint-00000008", "checkpoint-00000010"}));
+
+  // Rolled back to step 8 and saved at 9: step 10 belongs to the abandoned
+  // run, kept aside where --resume auto never takes it.
+  r = run(with({binary()}, with(tiny_args(out, 9), {"--save-interval", "1", "--resume", out + "/checkpoint-00000008"})),
+          {}, 120);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("checkpoint-00000010 is later than the step just saved"), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::exists(out + "/checkpoint-00000010.abandoned/meta.json"));
+  EXPECT_EQ(find_latest_checkpoint(out), out + "/checkpoint-00000009");
 
   const std::string timed = fresh_dir("survive_duration");
   r = run(with({binary()}, with(tiny_args(timed, 1000), {"--exit-duration-mins", "0.00001"})), {}, 120);

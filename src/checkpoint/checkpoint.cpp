@@ -15,6 +15,8 @@
 
 #include "minipretrain/config/faults.h"
 
+#include <spdlog/spdlog.h>
+
 namespace minipretrain {
 namespace fs = std::filesystem;
 namespace {
@@ -90,8 +92,18 @@ void clean_output_dir(const fs::path& output_dir, int64_t keep, const fs::path& 
   for (const auto& entry : fs::directory_iterator(output_dir, ec))
     if (std::regex_match(entry.path().filename().string(), leftover))
       fs::remove_all(entry.path(), ec);
-  if (keep <= 0) return;
+  if (just_saved.empty()) return;
   auto found = complete_checkpoints(output_dir.string());
+  const int64_t saved_step = checkpoint_step(just_saved.string());
+  while (!found.empty() && found.back().first > saved_step) {
+    const fs::path abandoned = found.back().second.string() + ".abandoned";
+    spdlog::warn("{} is later than the step just saved, from a run this one replaced: renamed to {}",
+                 found.back().second.string(), abandoned.string());
+    fs::remove_all(abandoned, ec);
+    fs::rename(found.back().second, abandoned, ec);
+    found.pop_back();
+  }
+  if (keep <= 0) return;
   int64_t kept = 0;
   for (auto it = found.rbegin(); it != found.rend(); ++it) {
     if (it->second == just_saved || kept < keep) {
@@ -207,6 +219,13 @@ std::string save_checkpoint(const std::string& output_dir, const TrainingProgres
   }
   parallel.world().barrier();
   return final_dir.string();
+}
+
+int64_t checkpoint_step(const std::string& checkpoint_dir) {
+  static const std::regex pattern("checkpoint-(\\d+)");
+  std::smatch match;
+  const std::string name = fs::path(checkpoint_dir).filename().string();
+  return std::regex_match(name, match, pattern) ? std::stoll(match[1]) : -1;
 }
 
 std::string find_latest_checkpoint(const std::string& output_dir) {

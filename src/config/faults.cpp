@@ -35,7 +35,9 @@ const FaultPlan& FaultPlan::from_environment() {
   static const FaultPlan plan = [] {
     const char* spec = std::getenv("MINIPRETRAIN_FAULT");
     FaultPlan p = spec && *spec ? parse(spec) : FaultPlan();
+    // Our launchers' count, or torchrun's.
     const char* restarts = std::getenv("MINIPRETRAIN_RESTART_COUNT");
+    if (!restarts) restarts = std::getenv("TORCHELASTIC_RESTART_COUNT");
     p.armed_ = !restarts || std::string(restarts) == "0" || std::string(restarts).empty();
     return p;
   }();

@@ -173,7 +173,7 @@ void Trainer::report_non_finite(int64_t step, double last_stage_loss) {
   }
   if (skipped_in_a_row_ >= config_.train.max_skipped_steps) {
     const std::string latest = find_latest_checkpoint(config_.log.output_dir);
-    throw std::runtime_error(fmt::format(
+    throw DivergedError(fmt::format(
         "steps {} to {} all had a non-finite loss or gradients (--max-skipped-steps {}): training diverged; "
         "the newest checkpoint ({}) is untouched; try a lower --learning-rate",
         step - skipped_in_a_row_ + 1, step, config_.train.max_skipped_steps, latest.empty() ? "none" : latest));
@@ -288,14 +288,14 @@ void Trainer::save(int64_t step) {
   parallel_.world().all_reduce(bad, ReduceOp::Sum);
   if (bad.item<double>() > 0) {
     const std::string latest = find_latest_checkpoint(config_.log.output_dir);
-    throw std::runtime_error(fmt::format("the weights after step {} are not finite on {} rank(s): not saving them; the "
+    throw DivergedError(fmt::format("the weights after step {} are not finite on {} rank(s): not saving them; the "
                                          "newest checkpoint ({}) is untouched",
                                          step, bad.item<double>(), latest.empty() ? "none" : latest));
   }
   step_count_.fill_(optimizer_->steps_taken());
   const auto start = Clock::now();
   const std::string dir =
-      save_checkpoint(config_.log.output_dir, {step, step * config_.global_batch()}, checkpoint_state(), config_, parallel_);
+      save_checkpoint(config_.log.output_dir, {step, step * config_.global_batch(), ""}, checkpoint_state(), config_, parallel_);
   if (parallel_.is_logging_rank()) spdlog::info("Saved checkpoint {} in {:.1f} s", dir, seconds_since(start));
 }
 
@@ -303,6 +303,15 @@ void Trainer::resume() {
   std::string dir = config_.train.resume;
   if (dir == "auto") {
     dir = find_latest_checkpoint(config_.log.output_dir);
+    // Every rank looked for itself: a lagging shared file system must not
+    // make them start at different steps.
+    const double step = dir.empty() ? -1.0 : static_cast<double>(checkpoint_step(dir));
+    torch::Tensor seen = torch::tensor({step, -step}, torch::kDouble);
+    parallel_.world().all_reduce(seen, ReduceOp::Max);
+    if (seen[0].item<double>() != -seen[1].item<double>())
+      throw std::runtime_error(fmt::format("--resume auto: the ranks see different newest checkpoints under {} (steps "
+                                           "{} to {}); is --output-dir a shared file system that lags?",
+                                           config_.log.output_dir, -seen[1].item<double>(), seen[0].item<double>()));
     if (dir.empty() && parallel_.is_logging_rank())
       spdlog::info("--resume auto: no checkpoint under {}, starting from step 1", config_.log.output_dir);
   }

@@ -10,6 +10,9 @@
 // of a save leaves the previous checkpoints as they were, and the .tmp is
 // never taken for a checkpoint and is removed by the next save. With
 // save_keep N, older checkpoints go only after the new one is complete.
+// Checkpoints of later steps than the one saved belong to a run that was
+// abandoned (resumed from an earlier step): they are renamed
+// checkpoint-<step>.abandoned, kept but never resumed from.
 #pragma once
 
 #include <map>
@@ -49,6 +52,8 @@ std::string save_checkpoint(const std::string& output_dir, const TrainingProgres
 
 // The newest complete checkpoint under `output_dir`, or "" when none.
 std::string find_latest_checkpoint(const std::string& output_dir);
+// The step of a checkpoint directory checkpoint-<step>, or -1.
+int64_t checkpoint_step(const std::string& checkpoint_dir);
 
 // Copies into every tensor of `state` its slice (its spec) from the
 // checkpoint, whatever layout wrote it: each rank reads only the pieces of

@@ -26,6 +26,13 @@
 
 namespace minipretrain {
 
+// Training diverged: too many non-finite steps in a row, or weights that are
+// no longer finite. The binary exits with 3, which the launchers do not
+// restart on (the same checkpoint and settings would diverge again).
+struct DivergedError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 class Trainer {
  public:
   Trainer(Config config, ParallelState& parallel, torch::Device device);
