@@ -60,15 +60,6 @@ void sync_to_disk(const fs::path& path) {
   if (rc != 0) throw CheckpointError("cannot flush " + path.string() + " to disk: " + std::strerror(error));
 }
 
-void write_text_file(const fs::path& path, const std::string& text) {
-  {
-    std::ofstream out(path, std::ios::trunc);
-    out << text;
-    out.close();
-    if (!out) throw CheckpointError("cannot write " + path.string() + " (disk full?)");
-  }
-  sync_to_disk(path);
-}
 
 // Puts `tmp` in the place of `final_dir` in one step: rename(2) when nothing
 // is there, else an atomic exchange (the old one then sits at `tmp`, to be
@@ -145,6 +136,16 @@ void check_compatible(const nlohmann::json& saved, const Config& config, const s
 
 }  // namespace
 
+void write_file_durably(const std::string& path, const std::string& text) {
+  {
+    std::ofstream out(path, std::ios::trunc);
+    out << text;
+    out.close();
+    if (!out) throw CheckpointError("cannot write " + path + " (disk full?)");
+  }
+  sync_to_disk(path);
+}
+
 nlohmann::json read_json_file(const std::string& path) {
   std::ifstream in(path);
   if (!in) throw CheckpointError("cannot read " + path);
@@ -162,7 +163,7 @@ void write_named_shard(const std::string& path_prefix, const std::map<std::strin
   sync_to_disk(path_prefix + ".safetensors");
   nlohmann::json index = {{"bytes", bytes}, {"fnv1a", hash}, {"specs", nlohmann::json::object()}};
   for (const auto& [name, spec] : specs) index["specs"][name] = to_json(spec);
-  write_text_file(path_prefix + ".json", index.dump() + "\n");
+  write_file_durably(path_prefix + ".json", index.dump() + "\n");
 }
 
 std::map<std::string, torch::Tensor> read_named_shard(const std::string& path_prefix,
@@ -211,7 +212,7 @@ std::string save_checkpoint(const std::string& output_dir, const TrainingProgres
                            {"consumed_samples", progress.consumed_samples},
                            {"config", to_json(config)},
                            {"layout", {{"tp", parallel.layout().tp}, {"dp", parallel.layout().dp}, {"pp", parallel.layout().pp}}}};
-    write_text_file(tmp_dir / "meta.json", meta.dump(2) + "\n");
+    write_file_durably(tmp_dir / "meta.json", meta.dump(2) + "\n");
     sync_to_disk(tmp_dir);
     publish(tmp_dir, final_dir);
     sync_to_disk(output_dir);

@@ -89,7 +89,7 @@ void import_hugging_face(const std::string& hf_dir, const std::string& checkpoin
                                {"config", to_json(config)},
                                {"layout", {{"tp", 1}, {"dp", 1}, {"pp", 1}}},
                                {"imported_from", fs::absolute(hf_dir).string()}};
-  std::ofstream(tmp_dir / "meta.json") << meta.dump(2) << "\n";
+  write_file_durably((tmp_dir / "meta.json").string(), meta.dump(2) + "\n");
   fs::rename(tmp_dir, final_dir);
 }
 

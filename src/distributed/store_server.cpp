@@ -1,5 +1,7 @@
 #include "minipretrain/distributed/store_server.h"
 
+#include <chrono>
+
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -75,6 +77,10 @@ void StoreServer::run() {
         ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
         connections.push_back({Socket(fd), {}, {}});
       }
+    // Out of file descriptors, the listener stays readable: poll would return
+    // at once forever. Give the clients that hold descriptors time to finish.
+    if ((fds[1].revents & POLLIN) && (errno == EMFILE || errno == ENFILE))
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
 }
 

@@ -66,6 +66,10 @@ TrainingProgress load_checkpoint(const std::string& dir, const NamedState& state
 // fields of `saved` (a config as JSON) equal this run's.
 void check_same_model(const nlohmann::json& saved, const Config& config, const std::string& what);
 
+// Writes `text` to `path` and flushes it to disk (fsync); throws
+// CheckpointError when it cannot (a full disk).
+void write_file_durably(const std::string& path, const std::string& text);
+
 // A JSON file of a checkpoint (meta.json, a shard's index); throws
 // CheckpointError naming the file when it cannot be read or parsed.
 nlohmann::json read_json_file(const std::string& path);
