@@ -43,11 +43,6 @@ std::vector<ProcessResult> wait_all(std::vector<std::unique_ptr<Process>>& ranks
   return results;
 }
 
-int64_t step_of(const std::string& checkpoint) {
-  std::smatch m;
-  if (!std::regex_search(checkpoint, m, std::regex("checkpoint-(\\d+)$"))) return -1;
-  return std::stoll(m[1]);
-}
 
 ProcessResult launch(const std::string& launcher, const std::vector<std::string>& args,
                      std::map<std::string, std::string> env) {
@@ -89,7 +84,7 @@ TEST(Survival, SigtermToOneRankStopsEveryRankWithACheckpointThatResumesExactly) 
   std::vector<ProcessResult> results = wait_all(ranks, 120);
   expect_all_succeeded(results);
   const std::string checkpoint = find_latest_checkpoint(out);
-  const int64_t stopped_at = step_of(checkpoint);
+  const int64_t stopped_at = checkpoint_step(checkpoint);
   ASSERT_GT(stopped_at, 0) << results[0].output;
   ASSERT_LT(stopped_at, kSteps) << "the run ended before the signal arrived";
   EXPECT_NE(results[0].output.find("Stopping after step " + std::to_string(stopped_at) +
@@ -290,5 +285,5 @@ TEST(Survival, SigtermToTheLauncherSavesAndExitsZero) {
   ProcessResult r = launcher.wait(120);
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("every rank stopped cleanly"), std::string::npos) << r.output;
-  EXPECT_EQ(step_of(find_latest_checkpoint(out)), read_metrics(out).rbegin()->first);
+  EXPECT_EQ(checkpoint_step(find_latest_checkpoint(out)), read_metrics(out).rbegin()->first);
 }

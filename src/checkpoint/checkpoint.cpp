@@ -37,14 +37,11 @@ std::string shard_name(const Coordinates& c) {
 // A complete checkpoint is named exactly checkpoint-<step> and holds meta.json;
 // anything else under the output directory (checkpoint-<step>.tmp) is not one.
 std::vector<std::pair<int64_t, fs::path>> complete_checkpoints(const std::string& output_dir) {
-  static const std::regex pattern("checkpoint-(\\d+)");
   std::vector<std::pair<int64_t, fs::path>> found;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(output_dir, ec)) {
-    std::smatch match;
-    const std::string name = entry.path().filename().string();
-    if (std::regex_match(name, match, pattern) && fs::exists(entry.path() / "meta.json"))
-      found.emplace_back(std::stoll(match[1]), entry.path());
+    const int64_t step = checkpoint_step(entry.path().string());
+    if (step >= 0 && fs::exists(entry.path() / "meta.json")) found.emplace_back(step, entry.path());
   }
   std::sort(found.begin(), found.end());
   return found;
