@@ -109,7 +109,7 @@ Socket try_connect(const std::string& host, const std::string& port, Clock::time
 
 SocketStore::SocketStore(const std::string& host, int port, std::chrono::milliseconds timeout,
                          std::unique_ptr<StoreServer> server)
-    : Store(timeout), server_(std::move(server)), where_(host + ":" + std::to_string(port)) {
+    : Store(timeout), server_(std::move(server)), host_(host), port_(port), where_(host + ":" + std::to_string(port)) {
   const Clock::time_point deadline = Clock::now() + timeout;
   std::string error;
   for (;;) {
@@ -121,6 +121,12 @@ SocketStore::SocketStore(const std::string& host, int port, std::chrono::millise
 }
 
 SocketStore::~SocketStore() = default;
+
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 6)
+c10::intrusive_ptr<c10d::Store> SocketStore::clone() {
+  return c10::make_intrusive<SocketStore>(host_, port_, timeout_);
+}
+#endif
 
 StoreMessage SocketStore::request(const StoreMessage& message) {
   const std::string out = encode(message);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include <torch/csrc/distributed/c10d/Store.hpp>
+#include <torch/version.h>
 
 #include "minipretrain/distributed/sockets.h"
 #include "minipretrain/distributed/store_protocol.h"
@@ -41,6 +42,11 @@ class SocketStore : public c10d::Store {
   int64_t getNumKeys() override;
   void wait(const std::vector<std::string>& keys) override;
   void wait(const std::vector<std::string>& keys, const std::chrono::milliseconds& timeout) override;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 6)
+  // LibTorch 2.6 made clone() part of the store: another connection to the
+  // same server, for a caller's own thread.
+  c10::intrusive_ptr<c10d::Store> clone() override;
+#endif
 
  private:
   // One request and its answer; throws std::runtime_error for a lost
@@ -52,6 +58,8 @@ class SocketStore : public c10d::Store {
                   const std::function<bool()>& done);
 
   std::unique_ptr<StoreServer> server_;  // first in, last out: it outlives the connection
+  std::string host_;
+  int port_;
   std::string where_;                    // host:port, for errors
   std::mutex mutex_;                     // one request at a time on the connection
   Socket socket_;
