@@ -1,6 +1,8 @@
 // The building blocks of a decoder layer: RMSNorm, RoPE, attention, MLP.
 #include <cmath>
 
+#include <torch/version.h>
+
 #include "minipretrain/model/decoder_layer.h"
 #include "minipretrain/parallel/regions.h"
 
@@ -45,6 +47,14 @@ torch::Tensor RotaryEmbedding::apply(const torch::Tensor& x) const {
   return torch::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
 }
 
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)
+// LibTorch 2.5 and later fuse attention (flash and memory-efficient kernels
+// on GPUs): the scores are never materialized, and enable_gqa broadcasts each
+// kv head over its consecutive query heads, the grouping used below.
+torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+  return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, std::nullopt, /*enable_gqa=*/true);
+}
+#else
 // The query heads of one kv head are consecutive, so [batch, heads, seq, d]
 // views as [batch, kv_heads, group * seq, d]: one GEMM per kv head scores all
 // of its query heads, and row r is position r % seq. The causal mask is added
@@ -61,6 +71,7 @@ torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, c
   const torch::Tensor probs = torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
   return torch::bmm(probs, values).view({batch, heads, seq, dim});
 }
+#endif
 
 AttentionImpl::AttentionImpl(const ModelConfig& c, std::shared_ptr<Communicator> tp)
     : tp_(std::move(tp)),
