@@ -190,10 +190,16 @@ TEST(Text, LongWorkShowsProgressWithRateAndEta) {
     std::ofstream corpus(dir + "/corpus.txt");
     for (const auto& d : documents(400)) corpus << d << "\n";
   }
-  ProcessResult r = minipretrain_run({"tokenizer", "--input", dir + "/corpus.txt", "--vocab-size", "320", "--output",
+  ProcessResult r = minipretrain_run({"tokenizer", "--input", dir + "/corpus.txt", "--vocab-size", "360", "--output",
                                       dir + "/tok.model"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find("tokenizer: training a BPE vocabulary of 320 on"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("tokenizer: training a BPE vocabulary of 360 on"), std::string::npos) << r.output;
+  // The merges, counted from SentencePiece's log, whose own lines stay out.
+  EXPECT_TRUE(std::regex_search(
+      r.output, std::regex("tokenizer: merged: [0-9]+\\.0 pieces \\(100%\\) \\| ETA 0:00:00 \\| [0-9.]+ pieces/s\n")))
+      << r.output;
+  EXPECT_EQ(r.output.find("LOG(INFO)"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("trainer_spec"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("tokenizer: trained in"), std::string::npos) << r.output;
 
   r = minipretrain_run({"preprocess", "--tokenizer", dir + "/tok.model", "--input", dir + "/corpus.txt",
@@ -206,7 +212,7 @@ TEST(Text, LongWorkShowsProgressWithRateAndEta) {
   EXPECT_EQ(r.output.find('\r'), std::string::npos) << "carriage returns in a log that is not a terminal";
 
   std::vector<std::string> args = tiny_args(dir + "/out", 2);
-  args.insert(args.end(), {"--vocab-size", "320", "--data-path", dir + "/data"});
+  args.insert(args.end(), {"--vocab-size", "360", "--data-path", dir + "/data"});
   args.insert(args.begin(), binary());
   ASSERT_EQ(run(args, {}, 120).exit_code, 0);
   r = minipretrain_run({"export", "--checkpoint", dir + "/out", "--output", dir + "/hf"});

@@ -16,14 +16,19 @@ namespace minipretrain {
 
 class Progress {
  public:
-  // `total` units of work (0: unknown, no ETA), named `unit` ("MB", "tensors").
-  Progress(std::string what, double total, std::string unit, bool enabled = true, double interval_seconds = 10)
+  // `total` units of work (0: unknown, no ETA), named `unit` ("MB", "tensors"),
+  // reported on `out`.
+  Progress(std::string what, double total, std::string unit, bool enabled = true, double interval_seconds = 10,
+           std::FILE* out = stderr)
       : what_(std::move(what)),
         unit_(std::move(unit)),
         total_(total),
         enabled_(enabled),
-        terminal_(::isatty(STDERR_FILENO) == 1),
+        out_(out),
+        terminal_(::isatty(::fileno(out)) == 1),
         interval_(interval_seconds) {}
+
+  void set_total(double total) { total_ = total; }
 
   double seconds() const { return std::chrono::duration<double>(Clock::now() - start_).count(); }
 
@@ -47,15 +52,17 @@ class Progress {
                     left / 3600, left / 60 % 60, left % 60);
       eta = text;
     }
-    std::fprintf(stderr, "%s%s: %.1f %s%s | %.1f %s/s%s%s%s", terminal_ ? "\r" : "", what_.c_str(), done,
+    std::fprintf(out_, "%s%s: %.1f %s%s | %.1f %s/s%s%s%s", terminal_ ? "\r" : "", what_.c_str(), done,
                  unit_.c_str(), eta.c_str(), rate, unit_.c_str(), detail.empty() ? "" : " | ", detail.c_str(),
                  terminal_ && !last ? "" : "\n");
-    std::fflush(stderr);
+    std::fflush(out_);
   }
 
   std::string what_, unit_;
   double total_;
-  bool enabled_, terminal_;
+  bool enabled_;
+  std::FILE* out_;
+  bool terminal_;
   double interval_;
   Clock::time_point start_ = Clock::now();
   double last_line_ = -1e9;
