@@ -67,6 +67,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--build", default=os.path.join(ROOT, "build"))
     parser.add_argument("--only", nargs="*", help="gemm small recompute pipeline dp")
+    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"],
+                        help="of the recompute, pipeline and dp runs (fp32 where the CPU emulates bf16)")
     a = parser.parse_args()
     binary = os.path.join(a.build, "minipretrain")
     wanted = lambda name: not a.only or name in a.only
@@ -102,11 +104,11 @@ def main():
         for recompute in ("none", "full"):
             out = os.path.join(work, "recompute_" + recompute)
             log = ranks(binary, 1, out, SMALL + ["--micro-batch-size", "8", "--global-batch-size", "8",
-                                                 "--max-steps", "2", "--precision", "bf16", "--recompute",
+                                                 "--max-steps", "2", "--precision", a.precision, "--recompute",
                                                  recompute], 2)[0]
             rss[recompute] = peak_rss_gb(log)
             rss[recompute + "_ms"] = median(steps(out, 1), "ms_per_step")
-        print(f"Small micro-batch 8 bf16: peak RSS {rss['none']:.2f} GB without recompute, {rss['full']:.2f} GB with "
+        print(f"Small micro-batch 8 {a.precision}: peak RSS {rss['none']:.2f} GB without recompute, {rss['full']:.2f} GB with "
               f"--recompute full ({100 * rss['full'] / rss['none']:.0f}%); "
               f"{rss['none_ms']:.0f} vs {rss['full_ms']:.0f} ms/step")
 
@@ -114,24 +116,29 @@ def main():
         for split in ("", "6,6"):
             out = os.path.join(work, "pp_" + (split or "balanced"))
             args = SMALL + ["--micro-batch-size", "1", "--global-batch-size", "8", "--max-steps", "4",
-                            "--pipeline-parallel-size", "2", "--pipeline-schedule", "1f1b", "--precision", "bf16"]
+                            "--pipeline-parallel-size", "2", "--pipeline-schedule", "1f1b", "--precision", a.precision]
             if split:
                 args += ["--pipeline-layer-split", split]
             log = ranks(binary, 2, out, args, 1)[0]
             used = re.search(r"layers per pipeline stage ([0-9,]+)", log).group(1)
             s = steps(out, 1)
-            print(f"Small PP=2 M=8 1F1B bf16, 1 thread per stage, layers {used}: bubble {median(s, 'bubble'):.2f} "
+            print(f"Small PP=2 M=8 1F1B {a.precision}, 1 thread per stage, layers {used}: bubble {median(s, 'bubble'):.2f} "
                   f"(theory {median(s, 'bubble_theory'):.2f}), {median(s, 'tokens_per_s'):.0f} tokens/s")
 
     if wanted("dp"):
-        result = {}
-        for dp, threads in ((1, 2), (2, 1)):
-            out = os.path.join(work, f"dp{dp}")
+        # One bucket of everything cannot start before backward ends: the
+        # same binary without overlap, for comparison.
+        result, exposed = {}, {}
+        for name, dp, threads, bucket_mb in (("dp1", 1, 2, 25), ("dp2", 2, 1, 25), ("dp2_one_bucket", 2, 1, 100000)):
+            out = os.path.join(work, name)
             ranks(binary, dp, out, SMALL + ["--micro-batch-size", "4", "--global-batch-size", "8", "--max-steps", "3",
-                                            "--precision", "bf16"], threads)
-            result[dp] = median(steps(out, 1), "tokens_per_s")
-        print(f"Small bf16 global batch 8: DP=2 x 1 thread {result[2]:.0f} tokens/s vs DP=1 x 2 threads "
-              f"{result[1]:.0f} tokens/s ({result[2] / result[1]:.2f}x)")
+                                            "--precision", a.precision, "--ddp-bucket-mb", str(bucket_mb)], threads)
+            result[name] = median(steps(out, 1), "tokens_per_s")
+            exposed[name] = median(steps(out, 1), "dp_ms")
+        print(f"Small {a.precision} global batch 8: DP=2 x 1 thread {result['dp2']:.0f} tokens/s (all-reduce "
+              f"exposed {exposed['dp2']:.0f} ms/step) vs DP=1 x 2 threads {result['dp1']:.0f} tokens/s "
+              f"({result['dp2'] / result['dp1']:.2f}x); without overlap (one bucket) {result['dp2_one_bucket']:.0f} "
+              f"tokens/s ({result['dp2_one_bucket'] / result['dp1']:.2f}x, {exposed['dp2_one_bucket']:.0f} ms exposed)")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ class ShapeOnlyGroup : public Communicator {
   torch::Tensor do_all_gather(const torch::Tensor&, int64_t) override { unexpected(); }
   torch::Tensor do_reduce_scatter(const torch::Tensor&) override { unexpected(); }
   void do_broadcast(torch::Tensor&, int) override { unexpected(); }
-  std::unique_ptr<SendHandle> do_isend(const torch::Tensor&, int, int) override { unexpected(); }
+  std::unique_ptr<PendingOp> do_isend(const torch::Tensor&, int, int) override { unexpected(); }
   void do_recv(torch::Tensor&, int, int) override { unexpected(); }
   void do_barrier() override { unexpected(); }
 

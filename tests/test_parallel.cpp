@@ -108,6 +108,34 @@ TEST(GradientBuckets, AverageOverDataParallelInFewCalls) {
   });
 }
 
+// Buckets start as soon as all their tensors are ready, in buffer order (so
+// every DP rank issues the same collectives in the same order), overlapping
+// the rest of backward; finish() starts the rest and waits.
+TEST(GradientBuckets, StartInOrderAsTheirTensorsBecomeReady) {
+  with_gloo_group(2, [](int rank, Communicator& dp) {
+    torch::Tensor flat = torch::empty({1000});
+    GradientBuckets buckets(flat, std::vector<int64_t>(10, 100), 1000);  // buckets {0,1} {2,3} ... {8,9}
+    const auto started = [&] { return dp.stats().count("all_reduce") ? dp.stats().at("all_reduce").calls : 0; };
+    for (int step = 0; step < 2; ++step) {
+      for (int i = 0; i < 10; ++i) flat.narrow(0, 100 * i, 100).fill_(static_cast<float>(rank * 10 + i + step));
+      buckets.begin();
+      const int64_t before = started();
+      buckets.ready(2, dp);
+      buckets.ready(3, dp);
+      EXPECT_EQ(started() - before, 0) << "bucket 1 waits for bucket 0";
+      buckets.ready(0, dp);
+      EXPECT_EQ(started() - before, 0) << "bucket 0 waits for tensor 1";
+      buckets.ready(1, dp);
+      EXPECT_EQ(started() - before, 2);
+      buckets.ready(9, dp);
+      EXPECT_EQ(started() - before, 2);
+      buckets.finish(dp);
+      EXPECT_EQ(started() - before, 5);
+      for (int i = 0; i < 10; ++i) EXPECT_FLOAT_EQ(flat[100 * i + 50].item<float>(), 5.0f + i + step);
+    }
+  });
+}
+
 namespace {
 
 // Runs every stage's list the way the executor does (sends never block, a

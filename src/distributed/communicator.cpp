@@ -26,9 +26,9 @@ std::string failure(const std::string& what, double seconds, const std::exceptio
 }
 
 // A send whose completion, when waited for, fails with the group and peer.
-class GuardedSendHandle : public SendHandle {
+class GuardedPendingOp : public PendingOp {
  public:
-  GuardedSendHandle(std::unique_ptr<SendHandle> inner, std::string what)
+  GuardedPendingOp(std::unique_ptr<PendingOp> inner, std::string what)
       : inner_(std::move(inner)), what_(std::move(what)) {}
   void wait() override {
     const auto start = Clock::now();
@@ -40,8 +40,13 @@ class GuardedSendHandle : public SendHandle {
   }
 
  private:
-  std::unique_ptr<SendHandle> inner_;
+  std::unique_ptr<PendingOp> inner_;
   std::string what_;
+};
+
+class CompletedOp : public PendingOp {
+ public:
+  void wait() override {}
 };
 
 std::string peer_of(const char* direction, int peer, int size) {
@@ -81,6 +86,20 @@ void Communicator::all_reduce(torch::Tensor& tensor, ReduceOp op) {
   count("all_reduce", sent, seconds_since(start));
 }
 
+std::unique_ptr<PendingOp> Communicator::all_reduce_async(torch::Tensor& tensor, ReduceOp op) {
+  TORCH_CHECK(wire(tensor).is_same(tensor), name_, ": all_reduce_async of a ", tensor.scalar_type(),
+              " tensor, which this backend does not send as it is");
+  const auto start = Clock::now();
+  auto pending = guarded("all_reduce", "", [&] { return do_all_reduce_async(tensor, op); });
+  count("all_reduce", tensor, seconds_since(start));
+  return std::make_unique<GuardedPendingOp>(std::move(pending), name_ + " all_reduce");
+}
+
+std::unique_ptr<PendingOp> Communicator::do_all_reduce_async(torch::Tensor& tensor, ReduceOp op) {
+  do_all_reduce(tensor, op);
+  return std::make_unique<CompletedOp>();
+}
+
 torch::Tensor Communicator::all_gather(const torch::Tensor& tensor, int64_t dim) {
   const auto start = Clock::now();
   const torch::Tensor sent = wire(tensor);
@@ -107,13 +126,13 @@ void Communicator::broadcast(torch::Tensor& tensor, int root) {
   count("broadcast", sent, seconds_since(start));
 }
 
-std::unique_ptr<SendHandle> Communicator::isend(const torch::Tensor& tensor, int dst, int tag) {
+std::unique_ptr<PendingOp> Communicator::isend(const torch::Tensor& tensor, int dst, int tag) {
   const auto start = Clock::now();
   const torch::Tensor sent = wire(tensor);
   const std::string peer = peer_of("to", dst, size_);
   auto handle = guarded("send", peer, [&] { return do_isend(sent, dst, tag); });
   count("send", sent, seconds_since(start));
-  return std::make_unique<GuardedSendHandle>(std::move(handle), name_ + " send " + peer);
+  return std::make_unique<GuardedPendingOp>(std::move(handle), name_ + " send " + peer);
 }
 
 void Communicator::recv(torch::Tensor& tensor, int src, int tag) {
@@ -131,7 +150,7 @@ void Communicator::barrier() {
   guarded("barrier", "", [&] { do_barrier(); });
 }
 
-std::unique_ptr<SendHandle> SoloCommunicator::do_isend(const torch::Tensor&, int dst, int) {
+std::unique_ptr<PendingOp> SoloCommunicator::do_isend(const torch::Tensor&, int dst, int) {
   TORCH_CHECK(false, name(), ": a group of one cannot send to rank ", dst);
 }
 

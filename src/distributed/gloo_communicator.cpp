@@ -10,16 +10,27 @@ void require_cpu_contiguous(const torch::Tensor& t, const char* op) {
   TORCH_CHECK(t.is_contiguous(), "Gloo communicator: ", op, " needs a contiguous tensor");
 }
 
-class GlooSendHandle : public SendHandle {
+// Gloo sums; an average divides once the sum is in (divisor 1: nothing to do).
+class GlooPendingOp : public PendingOp {
  public:
-  GlooSendHandle(c10::intrusive_ptr<c10d::Work> work, torch::Tensor keep_alive)
-      : work_(std::move(work)), tensor_(std::move(keep_alive)) {}
-  void wait() override { work_->wait(); }
+  GlooPendingOp(c10::intrusive_ptr<c10d::Work> work, torch::Tensor tensor, int divisor = 1)
+      : work_(std::move(work)), tensor_(std::move(tensor)), divisor_(divisor) {}
+  void wait() override {
+    work_->wait();
+    if (divisor_ != 1) tensor_.div_(divisor_);
+  }
 
  private:
   c10::intrusive_ptr<c10d::Work> work_;
   torch::Tensor tensor_;
+  int divisor_;
 };
+
+c10d::AllreduceOptions reduce_options(ReduceOp op) {
+  c10d::AllreduceOptions options;
+  options.reduceOp = op == ReduceOp::Max ? c10d::ReduceOp::MAX : c10d::ReduceOp::SUM;
+  return options;
+}
 
 }  // namespace
 
@@ -34,12 +45,14 @@ GlooCommunicator::GlooCommunicator(std::string name, const c10::intrusive_ptr<c1
 }
 
 void GlooCommunicator::do_all_reduce(torch::Tensor& tensor, ReduceOp op) {
+  do_all_reduce_async(tensor, op)->wait();
+}
+
+std::unique_ptr<PendingOp> GlooCommunicator::do_all_reduce_async(torch::Tensor& tensor, ReduceOp op) {
   require_cpu_contiguous(tensor, "all_reduce");
-  c10d::AllreduceOptions options;
-  options.reduceOp = op == ReduceOp::Max ? c10d::ReduceOp::MAX : c10d::ReduceOp::SUM;
   std::vector<torch::Tensor> tensors{tensor};
-  group_->allreduce(tensors, options)->wait();
-  if (op == ReduceOp::Avg) tensor.div_(size());
+  return std::make_unique<GlooPendingOp>(group_->allreduce(tensors, reduce_options(op)), tensor,
+                                         op == ReduceOp::Avg ? size() : 1);
 }
 
 torch::Tensor GlooCommunicator::do_all_gather(const torch::Tensor& tensor, int64_t dim) {
@@ -66,11 +79,11 @@ void GlooCommunicator::do_broadcast(torch::Tensor& tensor, int root) {
   group_->broadcast(tensors, options)->wait();
 }
 
-std::unique_ptr<SendHandle> GlooCommunicator::do_isend(const torch::Tensor& tensor, int dst, int tag) {
+std::unique_ptr<PendingOp> GlooCommunicator::do_isend(const torch::Tensor& tensor, int dst, int tag) {
   torch::Tensor payload = tensor.contiguous();
   require_cpu_contiguous(payload, "send");
   std::vector<torch::Tensor> tensors{payload};
-  return std::make_unique<GlooSendHandle>(group_->send(tensors, dst, tag), payload);
+  return std::make_unique<GlooPendingOp>(group_->send(tensors, dst, tag), payload);
 }
 
 void GlooCommunicator::do_recv(torch::Tensor& tensor, int src, int tag) {

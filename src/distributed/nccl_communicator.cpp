@@ -56,9 +56,9 @@ struct NcclCommunicator::State {
 
 namespace {
 
-class NcclSendHandle : public SendHandle {
+class NcclPendingSend : public PendingOp {
  public:
-  NcclSendHandle(cudaStream_t stream, torch::Tensor keep_alive) : stream_(stream), tensor_(std::move(keep_alive)) {}
+  NcclPendingSend(cudaStream_t stream, torch::Tensor keep_alive) : stream_(stream), tensor_(std::move(keep_alive)) {}
   void wait() override { check_cuda(cudaStreamSynchronize(stream_), "send"); }
 
  private:
@@ -146,13 +146,13 @@ void NcclCommunicator::do_broadcast(torch::Tensor& tensor, int root) {
   check_cuda(cudaStreamSynchronize(state_->stream), "broadcast");
 }
 
-std::unique_ptr<SendHandle> NcclCommunicator::do_isend(const torch::Tensor& tensor, int dst, int /*tag*/) {
+std::unique_ptr<PendingOp> NcclCommunicator::do_isend(const torch::Tensor& tensor, int dst, int /*tag*/) {
   torch::Tensor payload = tensor.contiguous();
   require_cuda_contiguous(payload, "send");
   state_->run([&](cudaStream_t s) {
     return ncclSend(payload.data_ptr(), payload.numel(), nccl_type(payload), dst, state_->comm, s);
   }, "ncclSend", state_->send_stream);
-  return std::make_unique<NcclSendHandle>(state_->send_stream, payload);
+  return std::make_unique<NcclPendingSend>(state_->send_stream, payload);
 }
 
 void NcclCommunicator::do_recv(torch::Tensor& tensor, int src, int /*tag*/) {

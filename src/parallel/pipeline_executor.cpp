@@ -73,7 +73,6 @@ void PipelineExecutor::backward(int64_t m, StepResult& result) {
   }
   const auto start = Clock::now();
   output.backward(grad);
-  if (after_backward) after_backward();
   result.backward_seconds += seconds_since(start);
   if (!stage_->is_first()) sends_.push_back(pp_.isend(input.grad(), static_cast<int>(stage_->index() - 1), kBackwardTag));
 }

@@ -1,5 +1,8 @@
 #include "minipretrain/train/main_params.h"
 
+#include <torch/csrc/autograd/utils/lambda_post_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
 #include <fstream>
 #include <sstream>
 
@@ -19,7 +22,8 @@ MainParams::MainParams(std::vector<std::pair<std::string, torch::Tensor>> parame
     entries_.push_back(e);
   }
   flat_grad_ = torch::zeros({total}, parameters.front().second.options().dtype(torch::kFloat));
-  for (Entry& e : entries_) {
+  for (size_t i = 0; i < entries_.size(); ++i) {
+    Entry& e = entries_[i];
     e.grad = flat_grad_.narrow(0, e.offset, e.model.numel()).view_as(e.model);
     if (dtype_ == torch::kFloat) {
       e.model.mutable_grad() = e.grad;  // autograd adds into it in place
@@ -27,23 +31,31 @@ MainParams::MainParams(std::vector<std::pair<std::string, torch::Tensor>> parame
       e.master = e.model.detach().clone();
       e.model.set_data(e.model.to(dtype_));
     }
+    auto accumulator = torch::autograd::impl::grad_accumulator(e.model);
+    if (!accumulator) continue;  // no gradient: its bucket starts at finish()
+    accumulators_.push_back(accumulator);
+    accumulator->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
+        [this, i](const torch::autograd::variable_list& outputs, const torch::autograd::variable_list&) {
+          accumulated(i);
+          return outputs;
+        }));
   }
 }
 
-void MainParams::zero_grad() {
-  if (dtype_ == torch::kFloat) {
-    flat_grad_.zero_();
-    return;
-  }
-  for (Entry& e : entries_) e.fresh = true;
-}
-
-void MainParams::accumulate() {
-  if (dtype_ == torch::kFloat) return;
-  torch::NoGradGuard no_grad;
+void MainParams::zero_grad(int64_t backwards) {
+  backwards_ = backwards;
   for (Entry& e : entries_) {
+    e.fresh = true;
+    e.arrived = 0;
+  }
+  if (dtype_ == torch::kFloat) flat_grad_.zero_();
+}
+
+void MainParams::accumulated(size_t i) {
+  Entry& e = entries_[i];
+  if (dtype_ != torch::kFloat) {
+    torch::NoGradGuard no_grad;
     const torch::Tensor g = e.model.grad();
-    if (!g.defined()) continue;
     if (e.fresh)
       e.grad.copy_(g);
     else
@@ -51,6 +63,7 @@ void MainParams::accumulate() {
     e.fresh = false;
     e.model.mutable_grad().reset();  // the next backward hands over a new tensor instead of adding in bf16
   }
+  if (++e.arrived == backwards_ && on_final) on_final(i);
 }
 
 void MainParams::finish_accumulation() {

@@ -77,7 +77,6 @@ Trainer::Trainer(Config config, ParallelState& parallel, torch::Device device)
     executor_->on_logits = [this](int64_t m, const torch::Tensor& logits) {
       if (m == 0 && !first_logits_.defined()) first_logits_ = logits.to(torch::kFloat);
     };
-  executor_->after_backward = [this] { main_->accumulate(); };
 }
 
 const char* Trainer::precision_name() const { return main_->compute_dtype() == torch::kFloat ? "fp32" : "bf16"; }
@@ -100,13 +99,19 @@ Trainer::StepStats Trainer::train_step(int64_t step) {
   faults.strike(FaultKind::Die, step, parallel_.rank());
   faults.strike(FaultKind::Hang, step, parallel_.rank());
   const auto start = Clock::now();
-  main_->zero_grad();
+  const bool inject_nan = faults.fires(FaultKind::Nan, step, parallel_.rank());
+  // As each gradient becomes final, its DP bucket may start (overlapping the
+  // rest of backward); an injected NaN goes in before its bucket does.
+  main_->on_final = [this, inject_nan](size_t i) {
+    if (inject_nan && i == 0) main_->flat_grad().index_put_({0}, std::numeric_limits<float>::quiet_NaN());
+    buckets_->ready(i, parallel_.dp());
+  };
+  main_->zero_grad(config_.microbatches());
+  buckets_->begin();
   StepResult result = executor_->run(actions_, microbatches(*data_.train, sampler_->indices(step)));
   main_->finish_accumulation();
-  if (faults.fires(FaultKind::Nan, step, parallel_.rank()))
-    main_->flat_grad().index_put_({0}, std::numeric_limits<float>::quiet_NaN());
   const auto dp_start = Clock::now();
-  buckets_->all_reduce_mean(parallel_.dp());
+  buckets_->finish(parallel_.dp());  // what the overlap did not hide
   const double dp_seconds = seconds_since(dp_start);
   if (step == 1 && !config_.train.dump_first_step.empty()) dump_first_step();
   const auto optimizer_start = Clock::now();

@@ -28,10 +28,11 @@ struct CommunicationError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// A send in flight; wait() returns once the tensor may be reused.
-class SendHandle {
+// An operation in flight (a send, an asynchronous all-reduce); wait()
+// returns once its tensor may be reused, or read for a result.
+class PendingOp {
  public:
-  virtual ~SendHandle() = default;
+  virtual ~PendingOp() = default;
   virtual void wait() = 0;
 };
 
@@ -50,12 +51,15 @@ class Communicator {
   const std::string& name() const { return name_; }
 
   void all_reduce(torch::Tensor& tensor, ReduceOp op = ReduceOp::Sum);
+  // Starts an all-reduce and returns at once; `tensor` holds the result after
+  // wait(). Only for tensors this backend sends as they are (not bf16 on Gloo).
+  std::unique_ptr<PendingOp> all_reduce_async(torch::Tensor& tensor, ReduceOp op = ReduceOp::Sum);
   // Concatenates every rank's `tensor` along `dim`, in rank order.
   torch::Tensor all_gather(const torch::Tensor& tensor, int64_t dim);
   // Sums `tensor` over the group and returns this rank's 1/size chunk of dim 0.
   torch::Tensor reduce_scatter(const torch::Tensor& tensor);
   void broadcast(torch::Tensor& tensor, int root);
-  std::unique_ptr<SendHandle> isend(const torch::Tensor& tensor, int dst, int tag);
+  std::unique_ptr<PendingOp> isend(const torch::Tensor& tensor, int dst, int tag);
   void recv(torch::Tensor& tensor, int src, int tag);
   void barrier();
 
@@ -67,10 +71,12 @@ class Communicator {
   Communicator(std::string name, int rank, int size) : name_(std::move(name)), rank_(rank), size_(size) {}
 
   virtual void do_all_reduce(torch::Tensor& tensor, ReduceOp op) = 0;
+  // Backends without asynchronous collectives complete it before returning.
+  virtual std::unique_ptr<PendingOp> do_all_reduce_async(torch::Tensor& tensor, ReduceOp op);
   virtual torch::Tensor do_all_gather(const torch::Tensor& tensor, int64_t dim) = 0;
   virtual torch::Tensor do_reduce_scatter(const torch::Tensor& tensor) = 0;
   virtual void do_broadcast(torch::Tensor& tensor, int root) = 0;
-  virtual std::unique_ptr<SendHandle> do_isend(const torch::Tensor& tensor, int dst, int tag) = 0;
+  virtual std::unique_ptr<PendingOp> do_isend(const torch::Tensor& tensor, int dst, int tag) = 0;
   virtual void do_recv(torch::Tensor& tensor, int src, int tag) = 0;
   virtual void do_barrier() = 0;
   // Gloo reduces no bf16: such tensors then travel as fp32.
@@ -102,7 +108,7 @@ class SoloCommunicator : public Communicator {
   torch::Tensor do_all_gather(const torch::Tensor& t, int64_t) override { return t; }
   torch::Tensor do_reduce_scatter(const torch::Tensor& t) override { return t; }
   void do_broadcast(torch::Tensor&, int) override {}
-  std::unique_ptr<SendHandle> do_isend(const torch::Tensor&, int, int) override;
+  std::unique_ptr<PendingOp> do_isend(const torch::Tensor&, int, int) override;
   void do_recv(torch::Tensor&, int, int) override;
   void do_barrier() override {}
 };

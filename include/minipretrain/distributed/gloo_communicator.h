@@ -24,10 +24,11 @@ class GlooCommunicator : public Communicator {
 
  protected:
   void do_all_reduce(torch::Tensor& tensor, ReduceOp op) override;
+  std::unique_ptr<PendingOp> do_all_reduce_async(torch::Tensor& tensor, ReduceOp op) override;
   torch::Tensor do_all_gather(const torch::Tensor& tensor, int64_t dim) override;
   torch::Tensor do_reduce_scatter(const torch::Tensor& tensor) override;
   void do_broadcast(torch::Tensor& tensor, int root) override;
-  std::unique_ptr<SendHandle> do_isend(const torch::Tensor& tensor, int dst, int tag) override;
+  std::unique_ptr<PendingOp> do_isend(const torch::Tensor& tensor, int dst, int tag) override;
   void do_recv(torch::Tensor& tensor, int src, int tag) override;
   void do_barrier() override;
   bool has_bf16() const override { return false; }

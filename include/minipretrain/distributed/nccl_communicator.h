@@ -30,7 +30,7 @@ class NcclCommunicator : public Communicator {
   torch::Tensor do_all_gather(const torch::Tensor& tensor, int64_t dim) override;
   torch::Tensor do_reduce_scatter(const torch::Tensor& tensor) override;
   void do_broadcast(torch::Tensor& tensor, int root) override;
-  std::unique_ptr<SendHandle> do_isend(const torch::Tensor& tensor, int dst, int tag) override;
+  std::unique_ptr<PendingOp> do_isend(const torch::Tensor& tensor, int dst, int tag) override;
   void do_recv(torch::Tensor& tensor, int src, int tag) override;
   void do_barrier() override;
 

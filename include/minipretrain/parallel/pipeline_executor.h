@@ -45,9 +45,6 @@ class PipelineExecutor {
 
   // Called on the last stage with each microbatch's local logits.
   std::function<void(int64_t microbatch, const torch::Tensor& logits_local)> on_logits;
-  // Called after each microbatch's backward (mixed precision folds its
-  // gradients into fp32 there).
-  std::function<void()> after_backward;
 
  private:
   void forward(int64_t m, const std::vector<Microbatch>& microbatches, StepResult& result);
@@ -58,7 +55,7 @@ class PipelineExecutor {
   std::vector<int64_t> activation_shape_;
   // Per microbatch in flight: the stage's input (for its gradient) and output.
   std::map<int64_t, std::pair<torch::Tensor, torch::Tensor>> in_flight_;
-  std::vector<std::unique_ptr<SendHandle>> sends_;
+  std::vector<std::unique_ptr<PendingOp>> sends_;
 };
 
 }  // namespace minipretrain

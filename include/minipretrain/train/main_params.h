@@ -4,15 +4,20 @@
 // are views into one flat fp32 buffer that autograd accumulates into over
 // the microbatches.
 // bf16: the model computes with bf16 parameters; the master weights are fp32
-// copies. After each microbatch's backward, accumulate() adds the bf16
-// gradients into the flat fp32 buffer, so accumulation over microbatches is
+// copies. As each microbatch's backward produces a parameter's bf16 gradient,
+// it is added into the flat fp32 buffer, so accumulation over microbatches is
 // fp32. After the optimizer step, copy_to_model() casts the master weights to
 // bf16 once per step, not once per microbatch.
 //
-// The buffer holds the parameters in reverse order (the order backward
-// finishes them), so DP buckets are contiguous ranges of it.
+// A hook after each parameter's gradient accumulation counts the backwards
+// that reached it; after the step's last one, on_final(i) runs, so the DP
+// all-reduce of its bucket can start while backward goes on. The buffer
+// holds the parameters in reverse order (the order backward finishes them),
+// so DP buckets are contiguous ranges of it.
 #pragma once
 
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -29,16 +34,21 @@ class MainParams {
     torch::Tensor grad;    // fp32 view into the flat buffer
     int64_t offset = 0;    // of `grad` in the flat buffer
     bool fresh = true;     // bf16: nothing accumulated since zero_grad
+    int64_t arrived = 0;   // backwards that reached it this step
   };
 
   // `parameters` are the model's, still fp32; with bf16 they are cast here.
   MainParams(std::vector<std::pair<std::string, torch::Tensor>> parameters, torch::ScalarType compute_dtype);
+  MainParams(const MainParams&) = delete;  // the hooks hold `this`
+  MainParams& operator=(const MainParams&) = delete;
 
-  void zero_grad();
-  // After each microbatch's backward (a no-op in fp32).
-  void accumulate();
+  // Before a step's first backward, which will run `backwards` times.
+  void zero_grad(int64_t backwards);
   // Before the gradients are read: entries no microbatch reached are zero.
   void finish_accumulation();
+
+  // Called with an entry's index once its gradient is final for the step.
+  std::function<void(size_t)> on_final;
   // After the optimizer changed the master weights (a no-op in fp32).
   void copy_to_model();
 
@@ -48,9 +58,16 @@ class MainParams {
   torch::ScalarType compute_dtype() const { return dtype_; }
 
  private:
+  // After autograd accumulated entry i's gradient.
+  void accumulated(size_t i);
+
   std::vector<Entry> entries_;
   torch::Tensor flat_grad_;
   torch::ScalarType dtype_;
+  int64_t backwards_ = 1;
+  // The parameters' gradient accumulators, which hold the hooks: autograd
+  // makes a new one (without them) once nothing holds the old.
+  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;
 };
 
 // fp32 or bf16 for "fp32", "bf16" or "auto" (bf16 where the device computes
