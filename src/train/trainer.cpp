@@ -41,11 +41,13 @@ Trainer::Trainer(Config config, ParallelState& parallel, torch::Device device)
       device_(device),
       schedule_(config_.train.learning_rate, config_.train.min_lr, config_.train.warmup_ratio, config_.train.max_steps) {
   const Layout& layout = parallel_.layout();
+  const auto start = Clock::now();
   stage_ = Stage(config_.model, StagePosition::of(config_.parallel.pipeline_layer_split, parallel_.coords().pp),
                  parallel_.tp_ptr());
   stage_->initialize(config_.train.seed);
   stage_->to_device(device_);
   stage_->set_recompute(config_.train.recompute == "full");
+  spdlog::debug("start-up: model built and drawn in {:.2f} s", seconds_since(start));
 
   std::vector<std::pair<std::string, torch::Tensor>> parameters;
   for (const auto& p : stage_->named_parameters()) parameters.emplace_back(p.key(), p.value());
@@ -65,9 +67,11 @@ Trainer::Trainer(Config config, ParallelState& parallel, torch::Device device)
   options.weight_decay = config_.train.weight_decay;
   optimizer_ = std::make_unique<AdamW>(masters, options);
   buckets_ = std::make_unique<GradientBuckets>(main_->flat_grad(), sizes, config_.parallel.ddp_bucket_mb << 20);
+  spdlog::debug("start-up: gradient buffer and optimizer state after {:.2f} s", seconds_since(start));
 
   data_ = make_datasets(config_);
   sampler_ = std::make_unique<GlobalBatchSampler>(data_.train->num_samples(), config_.global_batch(), config_.train.seed);
+  spdlog::debug("start-up: data after {:.2f} s", seconds_since(start));
 
   actions_ = make_schedule(config_.parallel.pipeline_schedule, layout.pp, parallel_.coords().pp, config_.microbatches());
   executor_ = std::make_unique<PipelineExecutor>(
