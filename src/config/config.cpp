@@ -104,7 +104,8 @@ void validate_layout(const Config& c, int64_t world_size) {
                                     : std::to_string(pp * v) + " virtual pipeline stages (" + std::to_string(pp) +
                                           " stages x virtual_pipeline_stages " + std::to_string(v) + ")";
   if (split.empty()) {
-    require(m.num_layers >= pp * v, "num_layers " + std::to_string(m.num_layers) + " is fewer than the " + stages +
+    require(m.num_layers >= pp * v, "num_layers " + std::to_string(m.num_layers) + " is fewer than " +
+                                        (v == 1 ? "pipeline_parallel_size " + std::to_string(pp) : "the " + stages) +
                                         ": every stage needs a layer");
     return;
   }
