@@ -188,6 +188,12 @@ TEST(Schedules, TheCheckerCatchesBrokenSchedules) {
   auto reordered = every_stage("1f1b", 2, 2);
   std::swap(reordered[1][1], reordered[1][3]);  // F0 B0 F1 B1 -> F0 B1 F1 B0
   EXPECT_NE(complaint(reordered, 2).find("comes after"), std::string::npos) << complaint(reordered, 2);
+  // Stage 0 sends microbatch 1 before 0 (in order per chunk and kind, as
+  // chunk 0's and chunk 1's): stage 1 receives 0 first.
+  std::vector<std::vector<Action>> crossed = {
+      {{Action::Forward, 0, 1}, {Action::Forward, 0, 0}, {Action::Backward, 0, 1}, {Action::Backward, 0, 0}},
+      {{Action::Forward, 0, 0}, {Action::Forward, 0, 1}, {Action::Backward, 0, 1}, {Action::Backward, 0, 0}}};
+  EXPECT_NE(complaint(crossed, 1, 2).find("in another order"), std::string::npos) << complaint(crossed, 1, 2);
   // Stage 0 waits for microbatch 0's gradient before sending microbatch 1;
   // stage 1 wants microbatch 1's forward before it returns 0's gradient.
   std::vector<std::vector<Action>> deadlocked = {
@@ -211,6 +217,8 @@ TEST(Schedules, ZeroBubbleH1Shape) {
       {A::BackwardInput, 1},  {A::BackwardWeight, 0}, {A::Forward, 3},        {A::BackwardInput, 2},
       {A::BackwardWeight, 1}, {A::BackwardInput, 3},  {A::BackwardWeight, 2}, {A::BackwardWeight, 3}};
   EXPECT_EQ(zb_h1_schedule(3, 1, 4), expected);
+  // Stage 0 has nobody upstream to hurry for: B and W stay one backward.
+  EXPECT_EQ(zb_h1_schedule(3, 0, 4), one_f_one_b_schedule(3, 0, 4));
 }
 
 TEST(Schedules, InterleavedShape) {

@@ -53,6 +53,10 @@ std::vector<Action> interleaved_schedule(int64_t num_stages, int64_t stage, int6
 }
 
 std::vector<Action> zb_h1_schedule(int64_t num_stages, int64_t stage, int64_t num_microbatches) {
+  // Stage 0 sends no gradient upstream and defers no W: each W would follow
+  // its own B, so they run as one backward, without holding the linear
+  // layers' output gradients until W. That is 1F1B's list.
+  if (stage == 0) return one_f_one_b_schedule(num_stages, stage, num_microbatches);
   const int64_t warmup = std::min(num_stages - stage - 1, num_microbatches);
   std::vector<Action> actions;
   int64_t next_forward = 0, next_b = 0, next_w = 0;
@@ -144,12 +148,38 @@ void check_stage(int64_t stage, const std::vector<Action>& actions, int64_t num_
     }
 }
 
+// Between each ordered pair of stages, what one sends arrives in the order
+// the other receives it, so transfers match even where the backend ignores
+// tags (NCCL): with PP 2 and interleaving, activations and gradients share
+// both directions.
+void check_transfer_order(const std::vector<std::vector<Action>>& stages, int64_t num_chunks) {
+  const int64_t p = static_cast<int64_t>(stages.size()), last_virtual = p * num_chunks - 1;
+  using Transfer = std::tuple<bool, int64_t, int64_t>;  // (gradient?, receiving virtual stage, microbatch)
+  std::map<std::pair<int64_t, int64_t>, std::vector<Transfer>> sent, received;  // (from, to)
+  for (int64_t s = 0; s < p; ++s)
+    for (const Action& a : stages[s]) {
+      const int64_t v = a.chunk * p + s, m = a.microbatch;
+      if (a.kind == Action::Forward) {
+        if (v > 0) received[{(v - 1) % p, s}].emplace_back(false, v, m);
+        if (v < last_virtual) sent[{s, (v + 1) % p}].emplace_back(false, v + 1, m);
+      } else if (a.kind != Action::BackwardWeight) {
+        if (v < last_virtual) received[{(v + 1) % p, s}].emplace_back(true, v, m);
+        if (v > 0) sent[{s, (v - 1) % p}].emplace_back(true, v - 1, m);
+      }
+    }
+  for (const auto& [pair, transfers] : sent)
+    if (received[pair] != transfers)
+      throw std::logic_error("schedule: stage " + std::to_string(pair.first) + " sends to stage " +
+                             std::to_string(pair.second) + " in another order than it receives");
+}
+
 }  // namespace
 
 PipelineSimulation simulate_pipeline(const std::vector<std::vector<Action>>& stages, int64_t num_microbatches,
                                      int64_t num_chunks) {
   const int64_t p = static_cast<int64_t>(stages.size()), last_virtual = p * num_chunks - 1;
   for (int64_t s = 0; s < p; ++s) check_stage(s, stages[s], num_microbatches, num_chunks);
+  check_transfer_order(stages, num_chunks);
   // Finish times of (virtual stage, kind, microbatch); a whole backward
   // also counts as B, which is what the previous stage waits for.
   std::map<std::tuple<int64_t, int, int64_t>, double> done;

@@ -20,7 +20,8 @@
 //          stage's input, sent upstream at once) and W (the weight
 //          gradients). 1F1B's order of F and B; stage s defers its W by s
 //          microbatches into what were idle slots, so every stage holds at
-//          most PP microbatches, 1F1B's peak (that of its stage 0).
+//          most PP microbatches, 1F1B's peak (that of its stage 0). Stage 0,
+//          with no stage upstream, runs B and W as one backward: 1F1B's list.
 #pragma once
 
 #include <cstdint>
@@ -65,9 +66,10 @@ struct PipelineSimulation {
 };
 // Checks that every stage runs each (chunk, microbatch)'s F once and either
 // one backward or one B and one W, each chunk's actions of a kind in
-// microbatch order (so transfers match by tag), every dependency across
-// stages holds and no stage waits forever; throws std::logic_error saying
-// what is wrong otherwise.
+// microbatch order, every pair of stages receives its transfers in the order
+// they were sent (so they match with or without tags), every dependency
+// across stages holds and no stage waits forever; throws std::logic_error
+// saying what is wrong otherwise.
 PipelineSimulation simulate_pipeline(const std::vector<std::vector<Action>>& stages, int64_t num_microbatches,
                                      int64_t num_chunks);
 // make_schedule's lists for every stage, simulated: the bubble the step line
