@@ -16,14 +16,11 @@ torch::Tensor weight_gradient(const torch::Tensor& x, const torch::Tensor& grad)
   return grad.reshape({-1, grad.size(-1)}).t().mm(x.reshape({-1, x.size(-1)}));
 }
 
-// As autograd's AccumulateGrad: in place into a gradient that exists (with
-// fp32 it is a view into the flat buffer), else the new tensor.
-void accumulate(torch::Tensor weight, const torch::Tensor& grad) {
-  torch::NoGradGuard no_grad;
-  if (weight.grad().defined())
-    weight.mutable_grad().add_(grad);
-  else
-    weight.mutable_grad() = grad;
+// Through the weight's own AccumulateGrad node (a backward rooted at the
+// leaf), so the gradient lands exactly as in an undivided backward and the
+// hooks on that node see it.
+void accumulate(const torch::Tensor& weight, const torch::Tensor& grad) {
+  torch::autograd::backward({weight}, {grad});
 }
 
 struct DeferrableLinear : torch::autograd::Function<DeferrableLinear> {

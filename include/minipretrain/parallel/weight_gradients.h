@@ -26,7 +26,8 @@ namespace minipretrain {
 class WeightGradients {
  public:
   // Computes every queued gradient and accumulates it into its weight's
-  // .grad, as autograd would have in the backward.
+  // .grad through the weight's AccumulateGrad, as the backward would have
+  // (hooks on it fire).
   void compute();
 
  private:
