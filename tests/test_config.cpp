@@ -161,9 +161,9 @@ TEST(Config, InterleavedSplitsPerVirtualStage) {
   c.parallel.pipeline_schedule = "interleaved-1f1b";
   c.parallel.virtual_pipeline_stages = 2;
   c.resolve(2);
-  // Ranks balanced as without interleaving (7 and 5 layers), each rank's
-  // layers spread over its two chunks: virtual stages 0 and 2 are rank 0's.
-  EXPECT_EQ(c.parallel.pipeline_layer_split, std::vector<int64_t>({4, 3, 3, 2}));
+  // The four virtual stages balanced, the last with the LM head and loss:
+  // rank 0 holds virtual stages 0 and 2 (7 layers), rank 1 1 and 3 (5).
+  EXPECT_EQ(c.parallel.pipeline_layer_split, std::vector<int64_t>({3, 4, 4, 1}));
 }
 
 TEST(Config, BalancedSplitGivesTheLastStageFewerLayers) {

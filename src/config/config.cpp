@@ -146,20 +146,6 @@ void resolve_batch(Config& c) {
   microbatches = *global / (micro * dp);
 }
 
-// With V chunks per stage, what must balance is each rank's sum: the
-// balanced split over the PP stages, each stage's layers spread over its
-// chunks (earlier chunks take the remainder). Where a stage has fewer layers
-// than chunks, the balance over the PP x V virtual stages instead.
-std::vector<int64_t> default_layer_split(const ModelConfig& model, int64_t pp, int64_t v) {
-  const std::vector<int64_t> per_stage = balanced_layer_split(model, pp);
-  if (v == 1) return per_stage;
-  if (*std::min_element(per_stage.begin(), per_stage.end()) < v) return balanced_layer_split(model, pp * v);
-  std::vector<int64_t> split(pp * v);
-  for (int64_t r = 0; r < pp; ++r)
-    for (int64_t c = 0; c < v; ++c) split[c * pp + r] = per_stage[r] / v + (c < per_stage[r] % v ? 1 : 0);
-  return split;
-}
-
 }  // namespace
 
 void Config::resolve(int64_t world_size) {
@@ -187,7 +173,10 @@ void Config::resolve(int64_t world_size) {
           "multiple of it, got " + std::to_string(m) + " microbatches for " + std::to_string(pp) + " stages");
   model.num_key_value_heads = model.kv_heads();
   if (parallel.pipeline_layer_split.empty())
-    parallel.pipeline_layer_split = default_layer_split(model, pp, parallel.virtual_pipeline_stages);
+    // Interleaved: each virtual stage balanced, as each is a link of the chain
+    // every microbatch runs through (a split per rank then spread over its
+    // chunks measured twice the bubble on Small: 0.12 against 0.06).
+    parallel.pipeline_layer_split = balanced_layer_split(model, pp * parallel.virtual_pipeline_stages);
 }
 
 // Forward FLOPs per token: a decoder layer's projections and attention
