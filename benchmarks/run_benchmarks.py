@@ -49,8 +49,8 @@ def median(records, key):
 
 
 def peak_rss_gb(log):
-    m = re.findall(r"Peak resident memory of rank \d+: (\d+) kB", log)
-    return int(m[-1]) / 1e6
+    m = re.findall(r"Peak resident memory of rank \d+: ([0-9.]+) MB", log)
+    return float(m[-1]) / 1e3
 
 
 def startup(log):
@@ -68,7 +68,7 @@ def main():
     parser.add_argument("--build", default=os.path.join(ROOT, "build"))
     parser.add_argument("--only", nargs="*", help="gemm small recompute pipeline dp")
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"],
-                        help="of the recompute, pipeline and dp runs (fp32 where the CPU emulates bf16)")
+                        help="of the recompute and dp runs (the pipeline runs are fp32); fp32 where the CPU emulates bf16")
     a = parser.parse_args()
     binary = os.path.join(a.build, "minipretrain")
     wanted = lambda name: not a.only or name in a.only
@@ -113,17 +113,35 @@ def main():
               f"{rss['none_ms']:.0f} vs {rss['full_ms']:.0f} ms/step")
 
     if wanted("pipeline"):
-        for split in ("", "6,6"):
-            out = os.path.join(work, "pp_" + (split or "balanced"))
-            args = SMALL + ["--micro-batch-size", "1", "--global-batch-size", "8", "--max-steps", "4",
-                            "--pipeline-parallel-size", "2", "--pipeline-schedule", "1f1b", "--precision", a.precision]
-            if split:
-                args += ["--pipeline-layer-split", split]
-            log = ranks(binary, 2, out, args, 1)[0]
-            used = re.search(r"layers per pipeline stage ([0-9,]+)", log).group(1)
-            s = steps(out, 1)
-            print(f"Small PP=2 M=8 1F1B {a.precision}, 1 thread per stage, layers {used}: bubble {median(s, 'bubble'):.2f} "
-                  f"(theory {median(s, 'bubble_theory'):.2f}), {median(s, 'tokens_per_s'):.0f} tokens/s")
+        # Every schedule on Small, M = 8, fp32 (so the figures do not depend on
+        # native bf16), 1 thread per process: PP 4 puts 4 processes on a
+        # 2-core machine, so its figures are oversubscribed there.
+        cores = os.cpu_count()
+        schedules = (("1f1b", []), ("zb-h1", []), ("interleaved-1f1b", ["--virtual-pipeline-stages", "2"]))
+        for pp in (2, 4):
+            for schedule, extra in schedules:
+                out = os.path.join(work, f"pp{pp}_{schedule}")
+                args = SMALL + ["--micro-batch-size", "1", "--global-batch-size", "8", "--max-steps", "3",
+                                "--pipeline-parallel-size", str(pp), "--pipeline-schedule", schedule,
+                                "--precision", "fp32"] + extra
+                logs = ranks(binary, pp, out, args, 1)
+                used = re.search(r"Layers per (?:virtual )?stage: ([0-9,]+)", logs[0]).group(1)
+                s = steps(out, 1)
+                note = f" (oversubscribed: {pp} processes on {cores} cores)" if pp > cores else ""
+                print(f"Small PP={pp} M=8 {schedule}{' V=2' if extra else ''} fp32, 1 thread per process{note}, "
+                      f"layers {used}: bubble {median(s, 'bubble'):.2f} (theory {median(s, 'bubble_theory'):.2f}), "
+                      f"{median(s, 'tokens_per_s'):.0f} tokens/s, {median(s, 'ms_per_step'):.0f} ms/step, peak RSS "
+                      f"per rank {', '.join(f'{peak_rss_gb(log):.2f}' for log in logs)} GB")
+        # What splitting the backward into B and W costs: one process, the
+        # same microbatches, the backward time whole and as B + W.
+        backward = {}
+        for schedule in ("1f1b", "zb-h1"):
+            out = os.path.join(work, "split_" + schedule)
+            ranks(binary, 1, out, SMALL + ["--micro-batch-size", "1", "--global-batch-size", "2", "--max-steps", "3",
+                                           "--pipeline-schedule", schedule, "--precision", "fp32"], 1)
+            backward[schedule] = median(steps(out, 1), "backward_ms")
+        print(f"Small M=2 fp32, 1 process x 1 thread: backward {backward['1f1b']:.0f} ms whole vs "
+              f"{backward['zb-h1']:.0f} ms as B + W ({100 * backward['zb-h1'] / backward['1f1b']:.0f}%)")
 
     if wanted("dp"):
         # One bucket of everything cannot start before backward ends: the

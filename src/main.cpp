@@ -90,7 +90,12 @@ void log_banner(const Config& config, const ParallelState& parallel, const Train
   spdlog::info("  Micro batch size: {} | Microbatches: {} | Global batch size: {} ({} tokens per step)",
                config.train.micro_batch_size, config.microbatches(), config.global_batch(),
                config.global_batch() * config.model.max_seq_length);
-  spdlog::info("  Pipeline schedule: {} | Layers per stage: {}", config.parallel.pipeline_schedule, split);
+  const int64_t virtual_stages = config.parallel.virtual_pipeline_stages;
+  if (virtual_stages == 1)
+    spdlog::info("  Pipeline schedule: {} | Layers per stage: {}", config.parallel.pipeline_schedule, split);
+  else
+    spdlog::info("  Pipeline schedule: {}, {} virtual stages per rank | Layers per virtual stage: {}",
+                 config.parallel.pipeline_schedule, virtual_stages, split);
   spdlog::info("  Steps: {} | LR {:.2e} -> {:.2e}, warm-up {:.0f}% | Weight decay: {} | Grad clip: {}",
                config.train.max_steps, config.train.learning_rate, config.train.min_lr,
                100 * config.train.warmup_ratio, config.train.weight_decay, config.train.grad_clip);

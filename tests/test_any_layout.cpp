@@ -74,6 +74,37 @@ TEST(AnyLayout, ContinuingOnAnotherLayoutEqualsContinuingOnTheOriginal) {
   }
 }
 
+// Interleaved chunks save and load the same global names: five steps
+// interleaved at PP 2 x V 2, then ten on one process, against fifteen on one
+// process; and one process's checkpoint continued interleaved.
+TEST(AnyLayout, InterleavedChunksSaveAndLoadLikeAnyLayout) {
+  auto args = [](const std::string& out, bool interleaved) {
+    std::vector<std::string> a = tiny_args(out, 15);
+    a.insert(a.end(), {"--save-interval", "5"});
+    if (interleaved)
+      a.insert(a.end(), {"--pipeline-parallel-size", "2", "--pipeline-schedule", "interleaved-1f1b",
+                         "--virtual-pipeline-stages", "2"});
+    return a;
+  };
+  const std::string one = fresh_dir("any_interleaved_one"), inter = fresh_dir("any_interleaved");
+  expect_all_succeeded(run_ranks(1, args(one, false)));
+  expect_all_succeeded(run_ranks(2, args(inter, true)));
+  for (const bool to_interleaved : {false, true}) {
+    SCOPED_TRACE(to_interleaved ? "one process -> interleaved" : "interleaved -> one process");
+    const std::string moved = fresh_dir(std::string("any_interleaved_moved_") + (to_interleaved ? "in" : "out"));
+    std::vector<std::string> a = args(moved, to_interleaved);
+    a.insert(a.end(), {"--resume", (to_interleaved ? one : inter) + "/checkpoint-00000005"});
+    expect_all_succeeded(run_ranks(to_interleaved ? 2 : 1, a));
+    auto expected = read_metrics(one), got = read_metrics(moved);
+    ASSERT_EQ(got.begin()->first, 6);
+    for (int64_t step = 6; step <= 15; ++step) {
+      const double la = expected[step]["loss"].get<double>(), lb = got.at(step)["loss"].get<double>();
+      EXPECT_LE(std::abs(la - lb), 1e-5 * std::abs(la)) << "step " << step << ": " << la << " vs " << lb;
+    }
+    expect_same_weights(one, moved, 1e-4);
+  }
+}
+
 // What cannot be resumed says why: another model, another global batch, a
 // shard file that is gone, weights without optimizer state.
 TEST(AnyLayout, RefusalsNameTheProblem) {

@@ -125,11 +125,45 @@ TEST(Config, LayoutMistakes) {
   c.parallel.pipeline_layer_split = {12, 0};
   EXPECT_EQ(resolve_error(c, 2), "pipeline_layer_split 12,0: every stage needs at least one layer");
   c = Config();
+  c.parallel.pipeline_schedule = "zb-h2";
+  EXPECT_EQ(resolve_error(c), "pipeline_schedule must be gpipe, 1f1b, interleaved-1f1b or zb-h1, got 'zb-h2'");
+  c = Config();
+  c.parallel.virtual_pipeline_stages = 2;
+  EXPECT_EQ(resolve_error(c), "virtual_pipeline_stages 2 needs pipeline_schedule interleaved-1f1b, got 1f1b");
+  c.parallel.pipeline_schedule = "interleaved-1f1b";
+  EXPECT_EQ(resolve_error(c), "pipeline_schedule interleaved-1f1b needs pipeline_parallel_size 2 or more, got 1");
+  c.parallel.pipeline_parallel_size = 2;
+  c.parallel.virtual_pipeline_stages = 1;
+  EXPECT_EQ(resolve_error(c, 2),
+            "pipeline_schedule interleaved-1f1b needs virtual_pipeline_stages 2 or more (with 1 it is 1f1b), got 1");
+  c.parallel.virtual_pipeline_stages = 7;
+  EXPECT_EQ(resolve_error(c, 2), "num_layers 12 is fewer than the 14 virtual pipeline stages (2 stages x "
+                                 "virtual_pipeline_stages 7): every stage needs a layer");
+  c.parallel.virtual_pipeline_stages = 2;
+  c.parallel.pipeline_layer_split = {7, 5};
+  EXPECT_EQ(resolve_error(c, 2), "pipeline_layer_split 7,5 has 2 entries for 4 virtual pipeline stages (2 stages x "
+                                 "virtual_pipeline_stages 2)");
+  c.parallel.pipeline_layer_split = {};
+  c.parallel.num_microbatches = 3;
+  EXPECT_EQ(resolve_error(c, 2), "pipeline_schedule interleaved-1f1b needs num_microbatches no more than "
+                                 "pipeline_parallel_size or a multiple of it, got 3 microbatches for 2 stages");
+  c = Config();
   c.train.precision = "fp16";
   EXPECT_EQ(resolve_error(c), "precision must be auto, fp32 or bf16, got 'fp16'");
   c = Config();
   c.train.recompute = "selective";
   EXPECT_EQ(resolve_error(c), "recompute must be none or full, got 'selective'");
+}
+
+TEST(Config, InterleavedSplitsPerVirtualStage) {
+  Config c;
+  c.parallel.pipeline_parallel_size = 2;
+  c.parallel.pipeline_schedule = "interleaved-1f1b";
+  c.parallel.virtual_pipeline_stages = 2;
+  c.resolve(2);
+  // The four virtual stages balanced, the last with the LM head and loss:
+  // rank 0 holds virtual stages 0 and 2 (7 layers), rank 1 1 and 3 (5).
+  EXPECT_EQ(c.parallel.pipeline_layer_split, std::vector<int64_t>({3, 4, 4, 1}));
 }
 
 TEST(Config, BalancedSplitGivesTheLastStageFewerLayers) {

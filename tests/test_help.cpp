@@ -47,7 +47,7 @@ TEST(Help, NamesTheTypeOfEveryValue) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   for (const char* shown : {"--hidden-size INT", "--num-key-value-heads INT", "--learning-rate FLOAT",
                             "--config PATH", "--output-dir PATH", "--resume PATH", "--device {auto,cpu,cuda}",
-                            "--pipeline-schedule {gpipe,1f1b}", "--split TEXT"})
+                            "--pipeline-schedule {gpipe,1f1b,interleaved-1f1b,zb-h1}", "--split TEXT"})
     EXPECT_NE(r.output.find(shown), std::string::npos) << shown << "\n" << r.output;
   for (const char* wrong : {"--hidden-size TEXT", "--learning-rate TEXT", "--num-key-value-heads TEXT"})
     EXPECT_EQ(r.output.find(wrong), std::string::npos) << wrong << "\n" << r.output;

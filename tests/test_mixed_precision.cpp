@@ -53,6 +53,13 @@ TEST(MixedPrecision, Bf16LayoutsMatchOneProcessBf16) {
   const std::vector<Layout> layouts = {
       {"pp2_gpipe", 2, {"--pipeline-parallel-size", "2", "--pipeline-schedule", "gpipe"}, 1e-6, 1e-6},
       {"pp2_1f1b", 2, {"--pipeline-parallel-size", "2", "--pipeline-schedule", "1f1b"}, 1e-6, 1e-6},
+      // B and W each fold their own gradients into fp32, in microbatch order.
+      {"pp2_zb-h1", 2, {"--pipeline-parallel-size", "2", "--pipeline-schedule", "zb-h1"}, 1e-6, 1e-6},
+      {"pp2_interleaved",
+       2,
+       {"--pipeline-parallel-size", "2", "--pipeline-schedule", "interleaved-1f1b", "--virtual-pipeline-stages", "2"},
+       1e-6,
+       1e-6},
       {"dp2", 2, {}, 1e-3, 1e-2},
       {"tp2", 2, {"--tensor-parallel-size", "2"}, 2e-2, 5e-2},
       {"dp2_tp2_pp2", 8, {"--tensor-parallel-size", "2", "--pipeline-parallel-size", "2"}, 2e-2, 5e-2},

@@ -138,58 +138,96 @@ TEST(GradientBuckets, StartInOrderAsTheirTensorsBecomeReady) {
 
 namespace {
 
-// Runs every stage's list the way the executor does (sends never block, a
-// receive waits for its sender) and returns false on a deadlock.
-bool runs_without_deadlock(const std::string& name, int64_t stages, int64_t m) {
+std::vector<std::vector<Action>> every_stage(const std::string& name, int64_t stages, int64_t m, int64_t v = 1) {
   std::vector<std::vector<Action>> lists;
-  for (int64_t s = 0; s < stages; ++s) lists.push_back(make_schedule(name, stages, s, m));
-  std::vector<size_t> next(stages, 0);
-  std::set<std::tuple<int64_t, int, int64_t>> done;  // (stage, kind, microbatch)
-  bool progress = true;
-  while (progress) {
-    progress = false;
-    for (int64_t s = 0; s < stages; ++s) {
-      if (next[s] == lists[s].size()) continue;
-      const Action a = lists[s][next[s]];
-      const bool ready = a.kind == Action::Forward
-                             ? (s == 0 || done.count({s - 1, Action::Forward, a.microbatch}))
-                             : (done.count({s, Action::Forward, a.microbatch}) &&
-                                (s == stages - 1 || done.count({s + 1, Action::Backward, a.microbatch})));
-      if (!ready) continue;
-      done.insert({s, a.kind, a.microbatch});
-      ++next[s];
-      progress = true;
-    }
+  for (int64_t s = 0; s < stages; ++s) lists.push_back(make_schedule(name, stages, s, m, v));
+  return lists;
+}
+
+// simulate_pipeline's complaint about `lists`, or "" when it accepts them.
+std::string complaint(const std::vector<std::vector<Action>>& lists, int64_t m, int64_t v = 1) {
+  try {
+    simulate_pipeline(lists, m, v);
+    return "";
+  } catch (const std::logic_error& e) {
+    return e.what();
   }
-  for (int64_t s = 0; s < stages; ++s)
-    if (next[s] != lists[s].size()) return false;
-  return true;
 }
 
 }  // namespace
 
-TEST(Schedules, EveryMicrobatchOnceAndDeadlockFree) {
-  for (const std::string name : {"gpipe", "1f1b"})
-    for (int64_t stages : {1, 2, 3, 4, 8})
-      for (int64_t m : {1, 2, 3, 4, 8, 13}) {
-        for (int64_t s = 0; s < stages; ++s) {
-          auto actions = make_schedule(name, stages, s, m);
-          std::map<int64_t, int> forwards, backwards;
-          for (const Action& a : actions) {
-            if (a.kind == Action::Forward) {
-              ++forwards[a.microbatch];
-            } else {
-              EXPECT_EQ(forwards[a.microbatch], 1) << "backward before forward";
-              ++backwards[a.microbatch];
-            }
-          }
-          for (int64_t i = 0; i < m; ++i) EXPECT_TRUE(forwards[i] == 1 && backwards[i] == 1);
-          const int64_t peak = peak_in_flight(actions);
-          if (name == "gpipe") EXPECT_EQ(peak, m);
-          else EXPECT_LE(peak, std::min(stages - s, m)) << "stage " << s << " of " << stages << ", M " << m;
-        }
-        EXPECT_TRUE(runs_without_deadlock(name, stages, m)) << name << " PP " << stages << " M " << m;
+// The checker proves every schedule: each (chunk, microbatch) runs F once and
+// its backward (or B and W) once per stage, in an order whose transfers
+// match, dependencies hold across stages and no stage waits forever.
+TEST(Schedules, EveryScheduleRunsEachMicrobatchOnceWithoutDeadlock) {
+  for (int64_t stages : {1, 2, 3, 4, 8})
+    for (int64_t m : {1, 2, 3, 4, 8, 13, 16}) {
+      SCOPED_TRACE("PP " + std::to_string(stages) + " M " + std::to_string(m));
+      const auto gpipe = simulate_schedule("gpipe", stages, m);
+      const auto one_f_one_b = simulate_schedule("1f1b", stages, m);
+      const auto zb = simulate_schedule("zb-h1", stages, m);
+      for (int64_t s = 0; s < stages; ++s) {
+        EXPECT_EQ(gpipe.peak_in_flight[s], m);
+        EXPECT_LE(one_f_one_b.peak_in_flight[s], std::min(stages - s, m)) << "stage " << s;
+        // ZB-H1 holds no more than 1F1B's peak (its stage 0's).
+        EXPECT_LE(zb.peak_in_flight[s], std::min(stages, m)) << "stage " << s;
       }
+      const double classic = static_cast<double>(stages - 1) / static_cast<double>(m + stages - 1);
+      EXPECT_NEAR(one_f_one_b.bubble, classic, 1e-12);
+      EXPECT_NEAR(gpipe.bubble, classic, 1e-12);
+      EXPECT_LE(zb.bubble, one_f_one_b.bubble + 1e-12);
+      // The paper's ZB-H1 bubble, (PP - 1)(F + B - W), once there are enough microbatches.
+      if (m >= stages)
+        EXPECT_NEAR(zb.bubble, static_cast<double>(stages - 1) / static_cast<double>(stages - 1 + 3 * m), 1e-12);
+      if (stages < 2) continue;
+      for (int64_t v : {2, 3}) {
+        if (m > stages && m % stages != 0) {
+          EXPECT_THROW(make_schedule("interleaved-1f1b", stages, 0, m, v), std::invalid_argument);
+          continue;
+        }
+        const auto interleaved = simulate_schedule("interleaved-1f1b", stages, m, v);
+        // Narayanan et al.: the bubble shrinks by V, (PP - 1) / (V M + PP - 1)
+        // once every group of PP microbatches is full.
+        if (m % stages == 0)
+          EXPECT_NEAR(interleaved.bubble,
+                      static_cast<double>(stages - 1) / static_cast<double>(v * m + stages - 1), 1e-12)
+              << "V " << v;
+        // Megatron's memory: the warm-up's chunk activations and one more,
+        // all of them when every forward is warm-up (M <= PP).
+        for (int64_t s = 0; s < stages; ++s)
+          EXPECT_EQ(interleaved.peak_in_flight[s],
+                    m <= stages ? v * m : std::min((stages - s - 1) * 2 + (v - 1) * stages + 1, v * m))
+              << "stage " << s << " V " << v;
+      }
+    }
+}
+
+TEST(Schedules, TheCheckerCatchesBrokenSchedules) {
+  auto lists = every_stage("zb-h1", 2, 2);
+  EXPECT_EQ(complaint(lists, 2), "");
+  auto dropped = lists;
+  dropped[1].pop_back();  // the last W of stage 1
+  EXPECT_NE(complaint(dropped, 2).find("never runs"), std::string::npos) << complaint(dropped, 2);
+  auto twice = lists;
+  twice[0].push_back(twice[0].front());
+  EXPECT_NE(complaint(twice, 2).find("runs twice"), std::string::npos) << complaint(twice, 2);
+  // Two backwards of one chunk out of microbatch order: their gradients
+  // would be received as each other's.
+  auto reordered = every_stage("1f1b", 2, 2);
+  std::swap(reordered[1][1], reordered[1][3]);  // F0 B0 F1 B1 -> F0 B1 F1 B0
+  EXPECT_NE(complaint(reordered, 2).find("comes after"), std::string::npos) << complaint(reordered, 2);
+  // Stage 0 sends microbatch 1 before 0 (in order per chunk and kind, as
+  // chunk 0's and chunk 1's): stage 1 receives 0 first.
+  std::vector<std::vector<Action>> crossed = {
+      {{Action::Forward, 0, 1}, {Action::Forward, 0, 0}, {Action::Backward, 0, 1}, {Action::Backward, 0, 0}},
+      {{Action::Forward, 0, 0}, {Action::Forward, 0, 1}, {Action::Backward, 0, 1}, {Action::Backward, 0, 0}}};
+  EXPECT_NE(complaint(crossed, 1, 2).find("in another order"), std::string::npos) << complaint(crossed, 1, 2);
+  // Stage 0 waits for microbatch 0's gradient before sending microbatch 1;
+  // stage 1 wants microbatch 1's forward before it returns 0's gradient.
+  std::vector<std::vector<Action>> deadlocked = {
+      {{Action::Forward, 0}, {Action::Backward, 0}, {Action::Forward, 1}, {Action::Backward, 1}},
+      {{Action::Forward, 0}, {Action::Forward, 1}, {Action::Backward, 0}, {Action::Backward, 1}}};
+  EXPECT_NE(complaint(deadlocked, 2).find("deadlock"), std::string::npos) << complaint(deadlocked, 2);
 }
 
 TEST(Schedules, OneForwardOneBackwardShape) {
@@ -197,6 +235,30 @@ TEST(Schedules, OneForwardOneBackwardShape) {
                                         {Action::Forward, 2}, {Action::Backward, 1}, {Action::Forward, 3},
                                         {Action::Backward, 2}, {Action::Backward, 3}};
   EXPECT_EQ(one_f_one_b_schedule(3, 1, 4), expected);  // warm-up of PP - stage - 1 = 1
+}
+
+TEST(Schedules, ZeroBubbleH1Shape) {
+  using A = Action;
+  // Stage 1 of 3: 1F1B's F and B, each W deferred by one microbatch.
+  const std::vector<Action> expected = {
+      {A::Forward, 0},        {A::Forward, 1},        {A::BackwardInput, 0},  {A::Forward, 2},
+      {A::BackwardInput, 1},  {A::BackwardWeight, 0}, {A::Forward, 3},        {A::BackwardInput, 2},
+      {A::BackwardWeight, 1}, {A::BackwardInput, 3},  {A::BackwardWeight, 2}, {A::BackwardWeight, 3}};
+  EXPECT_EQ(zb_h1_schedule(3, 1, 4), expected);
+  // Stage 0 has nobody upstream to hurry for: B and W stay one backward.
+  EXPECT_EQ(zb_h1_schedule(3, 0, 4), one_f_one_b_schedule(3, 0, 4));
+}
+
+TEST(Schedules, InterleavedShape) {
+  using A = Action;
+  // Stage 0 of 2, two chunks, four microbatches: warm-up of 2 + 2 chunk
+  // forwards in groups of two microbatches, backwards last chunk first.
+  const std::vector<Action> expected = {
+      {A::Forward, 0, 0},  {A::Forward, 1, 0},  {A::Forward, 0, 1},  {A::Forward, 1, 1},
+      {A::Forward, 2, 0},  {A::Backward, 0, 1}, {A::Forward, 3, 0},  {A::Backward, 1, 1},
+      {A::Forward, 2, 1},  {A::Backward, 0, 0}, {A::Forward, 3, 1},  {A::Backward, 1, 0},
+      {A::Backward, 2, 1}, {A::Backward, 3, 1}, {A::Backward, 2, 0}, {A::Backward, 3, 0}};
+  EXPECT_EQ(interleaved_schedule(2, 0, 4, 2), expected);
 }
 
 TEST(Shards, TakeAndJoinWithPadding) {

@@ -1,5 +1,5 @@
-// Pipeline parallelism across real processes: PP = 2 and 4 with both
-// schedules and 1, 2 and 8 microbatches compute the single-process run.
+// Pipeline parallelism across real processes: PP = 2 and 4 with every
+// schedule and 1, 2 and 8 microbatches compute the single-process run.
 #include <gtest/gtest.h>
 
 #include "test_support.h"
@@ -18,6 +18,15 @@ std::vector<std::string> pp_args(const std::string& out, int pp, int m, const st
   return args;
 }
 
+// The schedules past 1F1B, with a model of 8 layers so that PP 4 x V 2
+// chunks each hold one.
+std::vector<std::string> schedule_args(const std::string& out, int pp, int m, const std::string& schedule) {
+  std::vector<std::string> args = pp_args(out, pp, m, schedule);
+  args.insert(args.end(), {"--num-layers", "8"});
+  if (schedule == "interleaved-1f1b") args.insert(args.end(), {"--virtual-pipeline-stages", "2"});
+  return args;
+}
+
 }  // namespace
 
 TEST(PipelineParallel, EverySchedulePPAndMicrobatchCountEqualsOneProcess) {
@@ -33,6 +42,44 @@ TEST(PipelineParallel, EverySchedulePPAndMicrobatchCountEqualsOneProcess) {
         expect_same_weights(base, out, 1e-4);
       }
   }
+}
+
+TEST(PipelineParallel, InterleavedAndZeroBubbleEqualOneProcess) {
+  for (int m : {1, 2, 8}) {
+    const std::string base = fresh_dir("sched_base_m" + std::to_string(m));
+    expect_all_succeeded(run_ranks(1, schedule_args(base, 1, m, "1f1b")));
+    for (int pp : {2, 4})
+      for (const std::string schedule : {"interleaved-1f1b", "zb-h1"}) {
+        SCOPED_TRACE("PP " + std::to_string(pp) + " M " + std::to_string(m) + " " + schedule);
+        const std::string out = fresh_dir("sched_pp" + std::to_string(pp) + "_m" + std::to_string(m) + "_" + schedule);
+        const auto results = run_ranks(pp, schedule_args(out, pp, m, schedule));
+        expect_all_succeeded(results);
+        EXPECT_NE(results[0].output.find("(" + schedule + " theory "), std::string::npos) << results[0].output;
+        expect_same_losses(base, out, kSteps, 1e-5);
+        expect_same_weights(base, out, 1e-4);
+      }
+  }
+}
+
+// Interleaving takes an uneven split per virtual stage; ZB-H1 defers the
+// weight gradients of recomputed layers too.
+TEST(PipelineParallel, InterleavedSplitAndZeroBubbleRecomputeEqualOneProcess) {
+  const std::string base = fresh_dir("sched_extra_base");
+  expect_all_succeeded(run_ranks(1, schedule_args(base, 1, 4, "1f1b")));
+  const std::string split = fresh_dir("sched_interleaved_split");
+  std::vector<std::string> args = schedule_args(split, 2, 4, "interleaved-1f1b");
+  args.insert(args.end(), {"--pipeline-layer-split", "1,3,3,1"});
+  const auto results = run_ranks(2, args);
+  expect_all_succeeded(results);
+  EXPECT_NE(results[0].output.find("Layers per virtual stage: 1,3,3,1"), std::string::npos) << results[0].output;
+  expect_same_losses(base, split, kSteps, 1e-5);
+  expect_same_weights(base, split, 1e-4);
+  const std::string recompute = fresh_dir("sched_zb_recompute");
+  args = schedule_args(recompute, 2, 4, "zb-h1");
+  args.insert(args.end(), {"--recompute", "full"});
+  expect_all_succeeded(run_ranks(2, args));
+  expect_same_losses(base, recompute, kSteps, 1e-5);
+  expect_same_weights(base, recompute, 1e-4);
 }
 
 TEST(PipelineParallel, UnevenLayerSplitsEqualOneProcess) {
@@ -61,6 +108,25 @@ TEST(PipelineParallel, DataTensorAndPipelineTogether) {
   expect_all_succeeded(run_ranks(8, args));
   expect_same_losses(base, out, kSteps, 1e-5);
   expect_same_weights(base, out, 1e-4);
+}
+
+TEST(PipelineParallel, NewSchedulesWithDataAndTensorParallel) {
+  // TP 2 x DP 2 x PP 2 with each new schedule against one process, global batch 8.
+  const std::string base = fresh_dir("3d_sched_base");
+  std::vector<std::string> args = tiny_args(base, kSteps);
+  args.insert(args.end(), {"--num-layers", "8"});
+  expect_all_succeeded(run_ranks(1, args));
+  for (const std::string schedule : {"interleaved-1f1b", "zb-h1"}) {
+    SCOPED_TRACE(schedule);
+    const std::string out = fresh_dir("3d_" + schedule);
+    args = tiny_args(out, kSteps);
+    args.insert(args.end(), {"--num-layers", "8", "--tensor-parallel-size", "2", "--pipeline-parallel-size", "2",
+                             "--pipeline-schedule", schedule});
+    if (schedule == "interleaved-1f1b") args.insert(args.end(), {"--virtual-pipeline-stages", "2"});
+    expect_all_succeeded(run_ranks(8, args));
+    expect_same_losses(base, out, kSteps, 1e-5);
+    expect_same_weights(base, out, 1e-4);
+  }
 }
 
 TEST(PipelineParallel, EveryShardSavesAndResumes) {

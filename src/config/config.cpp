@@ -74,9 +74,20 @@ void validate_layout(const Config& c, int64_t world_size) {
   require_positive("pipeline_parallel_size", p.pipeline_parallel_size);
   require_positive("dist_timeout", p.dist_timeout);
   require(p.ddp_bucket_mb >= 0, "ddp_bucket_mb must not be negative, got " + std::to_string(p.ddp_bucket_mb));
-  require(p.pipeline_schedule == "gpipe" || p.pipeline_schedule == "1f1b",
-          "pipeline_schedule must be gpipe or 1f1b, got '" + p.pipeline_schedule + "'");
-  const int64_t tp = p.tensor_parallel_size, pp = p.pipeline_parallel_size;
+  const std::string& schedule = p.pipeline_schedule;
+  require(schedule == "gpipe" || schedule == "1f1b" || schedule == "interleaved-1f1b" || schedule == "zb-h1",
+          "pipeline_schedule must be gpipe, 1f1b, interleaved-1f1b or zb-h1, got '" + schedule + "'");
+  require_positive("virtual_pipeline_stages", p.virtual_pipeline_stages);
+  const int64_t tp = p.tensor_parallel_size, pp = p.pipeline_parallel_size, v = p.virtual_pipeline_stages;
+  if (schedule == "interleaved-1f1b") {
+    require(pp >= 2, "pipeline_schedule interleaved-1f1b needs pipeline_parallel_size 2 or more, got " +
+                         std::to_string(pp));
+    require(v >= 2, "pipeline_schedule interleaved-1f1b needs virtual_pipeline_stages 2 or more (with 1 it is 1f1b), "
+                    "got " + std::to_string(v));
+  } else {
+    require(v == 1, "virtual_pipeline_stages " + std::to_string(v) + " needs pipeline_schedule interleaved-1f1b, got " +
+                        schedule);
+  }
   require(world_size % (tp * pp) == 0,
           "world size " + std::to_string(world_size) + " is not divisible by tensor_parallel_size " +
               std::to_string(tp) + " x pipeline_parallel_size " + std::to_string(pp));
@@ -89,9 +100,13 @@ void validate_layout(const Config& c, int64_t world_size) {
           "intermediate_size " + std::to_string(m.intermediate_size) +
               " is not divisible by tensor_parallel_size " + std::to_string(tp));
   const std::vector<int64_t>& split = p.pipeline_layer_split;
+  const std::string stages = v == 1 ? std::to_string(pp) + " pipeline stages"
+                                    : std::to_string(pp * v) + " virtual pipeline stages (" + std::to_string(pp) +
+                                          " stages x virtual_pipeline_stages " + std::to_string(v) + ")";
   if (split.empty()) {
-    require(m.num_layers >= pp, "num_layers " + std::to_string(m.num_layers) + " is fewer than pipeline_parallel_size " +
-                                    std::to_string(pp) + ": every stage needs a layer");
+    require(m.num_layers >= pp * v, "num_layers " + std::to_string(m.num_layers) + " is fewer than " +
+                                        (v == 1 ? "pipeline_parallel_size " + std::to_string(pp) : "the " + stages) +
+                                        ": every stage needs a layer");
     return;
   }
   std::string text;
@@ -100,9 +115,8 @@ void validate_layout(const Config& c, int64_t world_size) {
     text += (text.empty() ? "" : ",") + std::to_string(n);
     total += n;
   }
-  require(static_cast<int64_t>(split.size()) == pp, "pipeline_layer_split " + text + " has " +
-                                                        std::to_string(split.size()) + " entries for " +
-                                                        std::to_string(pp) + " pipeline stages");
+  require(static_cast<int64_t>(split.size()) == pp * v,
+          "pipeline_layer_split " + text + " has " + std::to_string(split.size()) + " entries for " + stages);
   require(std::all_of(split.begin(), split.end(), [](int64_t n) { return n > 0; }),
           "pipeline_layer_split " + text + ": every stage needs at least one layer");
   require(total == m.num_layers, "pipeline_layer_split " + text + " adds up to " + std::to_string(total) +
@@ -151,9 +165,18 @@ void Config::resolve(int64_t world_size) {
   validate_layout(*this, world_size);
   data_parallel_size = world_size / (parallel.tensor_parallel_size * parallel.pipeline_parallel_size);
   resolve_batch(*this);
+  // Megatron's rule for the interleaved order (microbatches go through the
+  // chunks in groups of PP); with no more microbatches than stages all are warm-up.
+  const int64_t pp = parallel.pipeline_parallel_size, m = microbatches();
+  require(parallel.pipeline_schedule != "interleaved-1f1b" || m <= pp || m % pp == 0,
+          "pipeline_schedule interleaved-1f1b needs num_microbatches no more than pipeline_parallel_size or a "
+          "multiple of it, got " + std::to_string(m) + " microbatches for " + std::to_string(pp) + " stages");
   model.num_key_value_heads = model.kv_heads();
   if (parallel.pipeline_layer_split.empty())
-    parallel.pipeline_layer_split = balanced_layer_split(model, parallel.pipeline_parallel_size);
+    // Interleaved: each virtual stage balanced, as each is a link of the chain
+    // every microbatch runs through (a split per rank then spread over its
+    // chunks measured twice the bubble on Small: 0.12 against 0.06).
+    parallel.pipeline_layer_split = balanced_layer_split(model, pp * parallel.virtual_pipeline_stages);
 }
 
 // Forward FLOPs per token: a decoder layer's projections and attention

@@ -70,10 +70,16 @@ void draw_tile(const TileJob& job) {
 
 }  // namespace
 
-StagePosition StagePosition::of(const std::vector<int64_t>& split, int64_t stage) {
-  StagePosition p{stage, static_cast<int64_t>(split.size()), 0, split.at(stage)};
-  for (int64_t s = 0; s < stage; ++s) p.first_layer += split[s];
+StagePosition StagePosition::of(const std::vector<int64_t>& split, int64_t stage, int64_t num_stages) {
+  StagePosition p{stage, num_stages, {}};
+  int64_t first_layer = 0;
+  for (size_t v = 0; v < split.size(); first_layer += split[v++])
+    if (static_cast<int64_t>(v) % num_stages == stage) p.chunks.push_back({first_layer, split[v]});
   return p;
+}
+
+StagePosition StagePosition::of(const std::vector<int64_t>& split, int64_t stage) {
+  return of(split, stage, static_cast<int64_t>(split.size()));
 }
 
 StageImpl::StageImpl(const ModelConfig& c, StagePosition position, std::shared_ptr<Communicator> tp)
@@ -81,14 +87,17 @@ StageImpl::StageImpl(const ModelConfig& c, StagePosition position, std::shared_p
       position_(position),
       tp_(std::move(tp)),
       rope_(c.head_dim(), c.max_seq_length, c.rope_theta) {
-  if (position_.num_layers < 0) position_.num_layers = c.num_layers;
+  if (position_.chunks.empty()) position_.chunks.push_back({0, c.num_layers});
 
   auto model = register_module("model", std::make_shared<torch::nn::Module>());
   if (position_.first())
     embed_tokens_ = model->register_module("embed_tokens", VocabParallelEmbedding(c.vocab_size, c.hidden_size, tp_));
   auto layers = model->register_module("layers", std::make_shared<torch::nn::Module>());
-  for (int64_t i = position_.first_layer; i < position_.first_layer + position_.num_layers; ++i)
-    layers_.push_back(layers->register_module(std::to_string(i), DecoderLayer(c, tp_)));
+  for (const StagePosition::Chunk& chunk : position_.chunks) {
+    chunk_layers_.emplace_back();
+    for (int64_t i = chunk.first_layer; i < chunk.first_layer + chunk.num_layers; ++i)
+      chunk_layers_.back().push_back(layers->register_module(std::to_string(i), DecoderLayer(c, tp_)));
+  }
   if (position_.last()) {
     norm_ = model->register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
     lm_head_ = register_module("lm_head", ColumnParallelLinear(c.hidden_size, c.vocab_size, *tp_));
@@ -140,11 +149,18 @@ torch::TensorOptions StageImpl::activation_options() const {
   return parameters().front().options().requires_grad(false);
 }
 
-torch::Tensor StageImpl::forward(const torch::Tensor& input) {
-  torch::Tensor x = position_.first() ? embed_tokens_(input) : input;
-  for (auto& layer : layers_) x = recompute_ && torch::GradMode::is_enabled() ? recomputed_layer(*layer, x, rope_) : layer(x, rope_);
-  if (!position_.last()) return x;
+torch::Tensor StageImpl::forward(const torch::Tensor& input, int64_t chunk) {
+  torch::Tensor x = position_.first() && chunk == 0 ? embed_tokens_(input) : input;
+  for (auto& layer : chunk_layers_.at(chunk))
+    x = recompute_ && torch::GradMode::is_enabled() ? recomputed_layer(*layer, x, rope_) : layer(x, rope_);
+  if (!position_.last() || chunk != num_chunks() - 1) return x;
   return lm_head_(copy_to_tp(norm_(x), *tp_));
+}
+
+torch::Tensor StageImpl::forward(const torch::Tensor& input) {
+  torch::Tensor x = input;
+  for (int64_t chunk = 0; chunk < num_chunks(); ++chunk) x = forward(x, chunk);
+  return x;
 }
 
 torch::Tensor StageImpl::loss(const torch::Tensor& logits_local, const torch::Tensor& targets) {

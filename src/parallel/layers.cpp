@@ -1,6 +1,7 @@
 #include "minipretrain/parallel/layers.h"
 
 #include "minipretrain/parallel/regions.h"
+#include "minipretrain/parallel/weight_gradients.h"
 
 namespace minipretrain {
 namespace {
@@ -31,7 +32,7 @@ ColumnParallelLinearImpl::ColumnParallelLinearImpl(int64_t in_features,
   weight = register_parameter("weight", torch::empty({rows, in_features}));
 }
 
-torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& x) { return torch::matmul(x, weight.t()); }
+torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& x) { return deferrable_linear(x, weight); }
 
 // One split op: its backward concatenates the parts' gradients once, where
 // a narrow per part would each scatter into a zeroed full-size gradient.
@@ -46,7 +47,7 @@ RowParallelLinearImpl::RowParallelLinearImpl(int64_t in_features, int64_t out_fe
   weight = register_parameter("weight", torch::empty(local_shape(parts_[0].spec, tp.size())));
 }
 
-torch::Tensor RowParallelLinearImpl::forward(const torch::Tensor& x_local) { return torch::matmul(x_local, weight.t()); }
+torch::Tensor RowParallelLinearImpl::forward(const torch::Tensor& x_local) { return deferrable_linear(x_local, weight); }
 
 VocabParallelEmbeddingImpl::VocabParallelEmbeddingImpl(int64_t vocab_size, int64_t hidden_size,
                                                        std::shared_ptr<Communicator> tp)

@@ -35,8 +35,10 @@ MainParams::MainParams(std::vector<std::pair<std::string, torch::Tensor>> parame
     if (!accumulator) continue;  // no gradient: its bucket starts at finish()
     accumulators_.push_back(accumulator);
     accumulator->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
-        [this, i](const torch::autograd::variable_list& outputs, const torch::autograd::variable_list&) {
-          accumulated(i);
+        [this, i](const torch::autograd::variable_list& outputs, const torch::autograd::variable_list& inputs) {
+          // A B pass (zb-h1) hands an undefined gradient to the weights whose
+          // W it defers; the node then adds nothing, but its hooks still run.
+          if (!inputs.empty() && inputs[0].defined()) accumulated(i);
           return outputs;
         }));
   }

@@ -42,7 +42,8 @@ Trainer::Trainer(Config config, ParallelState& parallel, torch::Device device)
       schedule_(config_.train.learning_rate, config_.train.min_lr, config_.train.warmup_ratio, config_.train.max_steps) {
   const Layout& layout = parallel_.layout();
   const auto start = Clock::now();
-  stage_ = Stage(config_.model, StagePosition::of(config_.parallel.pipeline_layer_split, parallel_.coords().pp),
+  stage_ = Stage(config_.model,
+                 StagePosition::of(config_.parallel.pipeline_layer_split, parallel_.coords().pp, layout.pp),
                  parallel_.tp_ptr());
   stage_->initialize(config_.train.seed);
   stage_->to_device(device_);
@@ -73,7 +74,11 @@ Trainer::Trainer(Config config, ParallelState& parallel, torch::Device device)
   sampler_ = std::make_unique<GlobalBatchSampler>(data_.train->num_samples(), config_.global_batch(), config_.train.seed);
   spdlog::debug("start-up: data after {:.2f} s", seconds_since(start));
 
-  actions_ = make_schedule(config_.parallel.pipeline_schedule, layout.pp, parallel_.coords().pp, config_.microbatches());
+  const ParallelConfig& p = config_.parallel;
+  actions_ = make_schedule(p.pipeline_schedule, layout.pp, parallel_.coords().pp, config_.microbatches(),
+                           p.virtual_pipeline_stages);
+  bubble_theory_ =
+      simulate_schedule(p.pipeline_schedule, layout.pp, config_.microbatches(), p.virtual_pipeline_stages).bubble;
   executor_ = std::make_unique<PipelineExecutor>(
       stage_.ptr(), parallel_.pp(),
       std::vector<int64_t>{config_.train.micro_batch_size, config_.model.max_seq_length, config_.model.hidden_size});
@@ -355,9 +360,10 @@ void Trainer::log_step(int64_t step, const StepStats& s, double interval_seconds
                                  step, s.boundary.loss, s.lr, samples_per_s, tokens_per_s, s.grad_norm,
                                  1000.0 * step_seconds, clock_time(seconds_since(run_start_)),
                                  clock_time(step_seconds * static_cast<double>(config_.train.max_steps - step)));
-  const int64_t pp = parallel_.layout().pp, m = config_.microbatches();
-  const double theory = static_cast<double>(pp - 1) / static_cast<double>(m + pp - 1);
-  if (pp > 1) line += fmt::format(" | Bubble: {:.2f} (theory {:.2f})", s.bubble, theory);
+  const int64_t pp = parallel_.layout().pp;
+  if (pp > 1)
+    line += fmt::format(" | Bubble: {:.2f} ({} theory {:.2f})", s.bubble, config_.parallel.pipeline_schedule,
+                        bubble_theory_);
   if (skipped_total_ > 0) line += fmt::format(" | Skipped: {}", skipped_total_);
   spdlog::info(line);
   // A skipped step's loss may be NaN, which JSON writes as null.
@@ -378,7 +384,7 @@ void Trainer::log_step(int64_t step, const StepStats& s, double interval_seconds
                            {"backward_ms", 1000.0 * s.backward_seconds},
                            {"dp_ms", 1000.0 * s.dp_seconds},
                            {"optimizer_ms", 1000.0 * s.optimizer_seconds},
-                           {"bubble_theory", theory},
+                           {"bubble_theory", bubble_theory_},
                            {"comm", comm_stats()}};
   spdlog::debug("communication this step: {}", record["comm"].dump());
   metrics_->write(record);

@@ -60,10 +60,11 @@ struct ParallelConfig {
   int64_t tensor_parallel_size = 1;
   int64_t pipeline_parallel_size = 1;
   std::optional<int64_t> num_microbatches;  // unset: global / (micro x DP)
-  std::string pipeline_schedule = "1f1b";
-  // Decoder layers per pipeline stage; empty: balanced by compute, counting
-  // the embedding on the first stage and the LM head and loss on the last.
-  // Filled by resolve().
+  std::string pipeline_schedule = "1f1b";  // gpipe, 1f1b, interleaved-1f1b, zb-h1
+  int64_t virtual_pipeline_stages = 1;     // model chunks per stage (interleaved-1f1b)
+  // Decoder layers per virtual stage (per stage without interleaving), in
+  // pipeline order; empty: balanced by compute, counting the embedding on
+  // the first and the LM head and loss on the last. Filled by resolve().
   std::vector<int64_t> pipeline_layer_split;
   int64_t dist_timeout = 600;  // seconds
   int64_t ddp_bucket_mb = 25;  // DP gradient all-reduce bucket size; 0: one per tensor

@@ -1,7 +1,8 @@
 // Megatron-style tensor-parallel layers (no bias: Llama has none). Each holds
 // one shard of its weights and says which (WeightPart). Linear layers do not
 // communicate: the regions around them do, at the call site (see
-// model/attention.h), so that Q, K and V share one copy_to_tp.
+// model/attention.h), so that Q, K and V share one copy_to_tp. Their GEMM
+// can defer its weight gradient (weight_gradients.h, for zero-bubble schedules).
 //
 //   ColumnParallelLinear  weight [out / TP, in]   y_local = x W_local^T
 //   RowParallelLinear     weight [out, in / TP]   partial sums, reduce after

@@ -1,10 +1,18 @@
 // Runs one stage's schedule for one optimizer step. It alone talks to the
 // neighbouring stages: activations go forward and their gradients backward
-// through the PP communicator (tag 0 forward, 1 backward). Shapes follow from
-// the config ([micro_batch, seq, hidden]), so no handshake precedes a transfer.
+// through the PP communicator, tagged 2c for activations into chunk c and
+// 2c + 1 for gradients into chunk c (every schedule runs each chunk's
+// transfers of a kind in microbatch order, so they match). Chunk c of the
+// last rank feeds chunk c + 1 of rank 0. Shapes follow from the config
+// ([micro_batch, seq, hidden]), so no handshake precedes a transfer.
 // Sends are asynchronous and awaited at the end of the step, so a stage never
 // waits on a neighbour that is itself waiting to send: with receives as the
-// only blocking points, both schedules are deadlock-free.
+// only blocking points, every schedule that simulate_pipeline() accepts is
+// deadlock-free.
+//
+// A B action runs the backward with the linear layers' weight gradients
+// deferred (weight_gradients.h) and sends the input's gradient at once; its
+// W computes them.
 #pragma once
 
 #include <functional>
@@ -16,6 +24,7 @@
 #include "minipretrain/distributed/communicator.h"
 #include "minipretrain/parallel/pipeline_stage.h"
 #include "minipretrain/parallel/schedule.h"
+#include "minipretrain/parallel/weight_gradients.h"
 
 namespace minipretrain {
 
@@ -27,10 +36,10 @@ struct Microbatch {
 struct StepResult {
   double loss = 0.0;          // last stage: mean loss over the microbatches; else 0
   double forward_seconds = 0.0;   // computing forwards (the loss included)
-  double backward_seconds = 0.0;  // computing backwards (gradient accumulation included)
+  double backward_seconds = 0.0;  // computing backwards, B and W (gradient accumulation included)
   double total_seconds = 0.0;     // the rest is waiting for neighbours: the bubble
   double busy_seconds() const { return forward_seconds + backward_seconds; }
-  int64_t peak_in_flight = 0;
+  int64_t peak_in_flight = 0;  // chunk activations held, until their backward or W
 };
 
 class PipelineExecutor {
@@ -47,14 +56,27 @@ class PipelineExecutor {
   std::function<void(int64_t microbatch, const torch::Tensor& logits_local)> on_logits;
 
  private:
-  void forward(int64_t m, const std::vector<Microbatch>& microbatches, StepResult& result);
-  void backward(int64_t m, StepResult& result);
+  using Key = std::pair<int64_t, int64_t>;  // (chunk, microbatch)
+  struct Peer {
+    int rank;
+    int64_t chunk;
+  };
+  Peer previous(int64_t chunk) const;
+  Peer next(int64_t chunk) const;
+  bool first_chunk(int64_t chunk) const { return stage_->is_first() && chunk == 0; }
+  bool last_chunk(int64_t chunk) const { return stage_->is_last() && chunk == stage_->num_chunks() - 1; }
+  void forward(const Action& a, const std::vector<Microbatch>& microbatches, StepResult& result);
+  // A whole backward, or B (which defers the weight gradients).
+  void backward(const Action& a, StepResult& result);
+  void backward_weights(const Action& a, StepResult& result);
 
   std::shared_ptr<PipelineStage> stage_;
   Communicator& pp_;
   std::vector<int64_t> activation_shape_;
-  // Per microbatch in flight: the stage's input (for its gradient) and output.
-  std::map<int64_t, std::pair<torch::Tensor, torch::Tensor>> in_flight_;
+  // Per chunk and microbatch in flight: the chunk's input (for its gradient)
+  // and output; after B, the weight gradients it deferred.
+  std::map<Key, std::pair<torch::Tensor, torch::Tensor>> in_flight_;
+  std::map<Key, WeightGradients> deferred_;
   std::vector<std::unique_ptr<PendingOp>> sends_;
 };
 

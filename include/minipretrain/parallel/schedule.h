@@ -1,12 +1,27 @@
 // Pipeline schedules as explicit lists of actions per stage, so that they can
-// be tested without processes. An action's communication is implied: a
-// forward on a non-first stage first receives its input from the previous
-// stage, a backward on a non-last stage first receives its output gradient
-// from the next stage; results are sent on without waiting.
+// be checked without processes. An action's communication is implied: a
+// forward of any but the pipeline's first chunk first receives its input from
+// the previous chunk, a backward (or B) of any but the last chunk first
+// receives its output gradient from the next chunk; results are sent on
+// without waiting.
+//
+// With V virtual stages (interleaved), pipeline rank r holds the model chunks
+// c = 0..V-1, which are virtual stages c * PP + r (Megatron's layout): chunk c
+// of the last rank feeds chunk c + 1 of rank 0.
 //
 //   GPipe: all M forwards, then all M backwards (holds M activations).
 //   1F1B:  warm-up of min(PP - stage - 1, M) forwards, then one forward / one
 //          backward, then the remaining backwards (holds <= PP - stage).
+//   Interleaved 1F1B (Narayanan et al. 2021, Megatron's order): microbatches
+//          in groups of PP, each group through chunk 0, then chunk 1, ...;
+//          warm-up of (PP - stage - 1) * 2 + (V - 1) * PP chunk forwards. The
+//          bubble shrinks V-fold, for V times as many transfers.
+//   ZB-H1 (Qi et al. 2024): each backward split into B (the gradient of the
+//          stage's input, sent upstream at once) and W (the weight
+//          gradients). 1F1B's order of F and B; stage s defers its W by s
+//          microbatches into what were idle slots, so every stage holds at
+//          most PP microbatches, 1F1B's peak (that of its stage 0). Stage 0,
+//          with no stage upstream, runs B and W as one backward: 1F1B's list.
 #pragma once
 
 #include <cstdint>
@@ -16,17 +31,50 @@
 namespace minipretrain {
 
 struct Action {
-  enum Kind { Forward, Backward } kind;
+  // Backward is B and W together; a schedule uses either it or the split pair.
+  enum Kind { Forward, Backward, BackwardInput, BackwardWeight } kind;
   int64_t microbatch;
-  bool operator==(const Action& o) const { return kind == o.kind && microbatch == o.microbatch; }
+  int64_t chunk = 0;  // which of this rank's model chunks (virtual stages)
+  bool operator==(const Action& o) const {
+    return kind == o.kind && microbatch == o.microbatch && chunk == o.chunk;
+  }
 };
 
 std::vector<Action> gpipe_schedule(int64_t num_stages, int64_t stage, int64_t num_microbatches);
 std::vector<Action> one_f_one_b_schedule(int64_t num_stages, int64_t stage, int64_t num_microbatches);
-// `name` is "gpipe" or "1f1b".
-std::vector<Action> make_schedule(const std::string& name, int64_t num_stages, int64_t stage, int64_t num_microbatches);
-
-// The most forwards whose backward has not run yet, at any point of the list.
+// Needs num_microbatches <= num_stages or a multiple of it (refused otherwise).
+std::vector<Action> interleaved_schedule(int64_t num_stages, int64_t stage, int64_t num_microbatches,
+                                         int64_t num_chunks);
+std::vector<Action> zb_h1_schedule(int64_t num_stages, int64_t stage, int64_t num_microbatches);
+// `name` is "gpipe", "1f1b", "interleaved-1f1b" (with `num_chunks` >= 2
+// virtual stages, PP >= 2) or "zb-h1"; the others take num_chunks 1. Config
+// validation refuses the rest with a message per rule; here they throw
+// std::invalid_argument.
+std::vector<Action> make_schedule(const std::string& name, int64_t num_stages, int64_t stage, int64_t num_microbatches,
+                                  int64_t num_chunks = 1);
+// The most chunk activations held at any point of the list: forwards whose
+// backward (or W) has not run yet. A chunk holds 1/V of a stage's layers.
 int64_t peak_in_flight(const std::vector<Action>& actions);
+
+// Every stage's list run together the way the executor runs them (sends
+// never block, a receive waits for its sender), each action taking its
+// share of unit costs: a chunk's F, B and W each 1/V, a whole backward 2/V.
+struct PipelineSimulation {
+  double makespan = 0;                 // in stage-forward units
+  double bubble = 0;                   // idle share of PP x makespan
+  std::vector<int64_t> peak_in_flight;  // per stage
+};
+// Checks that every stage runs each (chunk, microbatch)'s F once and either
+// one backward or one B and one W, each chunk's actions of a kind in
+// microbatch order, every pair of stages receives its transfers in the order
+// they were sent (so they match with or without tags), every dependency
+// across stages holds and no stage waits forever; throws std::logic_error
+// saying what is wrong otherwise.
+PipelineSimulation simulate_pipeline(const std::vector<std::vector<Action>>& stages, int64_t num_microbatches,
+                                     int64_t num_chunks);
+// make_schedule's lists for every stage, simulated: the bubble the step line
+// calls the theory (for 1F1B it is (PP - 1) / (M + PP - 1)).
+PipelineSimulation simulate_schedule(const std::string& name, int64_t num_stages, int64_t num_microbatches,
+                                     int64_t num_chunks = 1);
 
 }  // namespace minipretrain

@@ -87,6 +87,8 @@ class Trainer {
   std::unique_ptr<GradientBuckets> buckets_;
   std::unique_ptr<PipelineExecutor> executor_;
   std::vector<Action> actions_;
+  // The schedule's bubble with F, B and W of equal cost (simulate_schedule).
+  double bubble_theory_ = 0.0;
   std::unique_ptr<MetricsLog> metrics_;
   std::unique_ptr<TensorBoardWriter> tensorboard_;  // logging rank, with --tensorboard-dir
   int64_t start_step_ = 1;
