@@ -1,6 +1,7 @@
 #include "minipretrain/parallel/schedule.h"
 
 #include <algorithm>
+#include <map>
 #include <stdexcept>
 
 namespace minipretrain {
@@ -38,6 +39,59 @@ int64_t peak_in_flight(const std::vector<Action>& actions) {
     peak = std::max(peak, live);
   }
   return peak;
+}
+
+const std::vector<std::string>& pipeline_schedule_names() {
+  static const std::vector<std::string> names{"gpipe", "1f1b"};
+  return names;
+}
+
+PipelineTimeline simulate_schedule(const std::string& name, int64_t num_stages, int64_t num_microbatches,
+                                   const std::vector<double>& forward_seconds,
+                                   const std::vector<double>& backward_seconds, double p2p_seconds) {
+  std::vector<std::vector<Action>> lists;
+  for (int64_t s = 0; s < num_stages; ++s) lists.push_back(make_schedule(name, num_stages, s, num_microbatches));
+  // done[s][{kind, m}]: when stage s finished that action.
+  std::vector<std::map<std::pair<int, int64_t>, double>> done(num_stages);
+  std::vector<size_t> next(num_stages, 0);
+  std::vector<double> free_at(num_stages, 0.0);
+  PipelineTimeline timeline;
+  timeline.busy.assign(num_stages, 0.0);
+  // Sweep the stages until every list is played; an action whose input is not
+  // there yet waits for a later sweep. A sweep without progress is a deadlock.
+  for (bool progress = true; progress;) {
+    progress = false;
+    for (int64_t s = 0; s < num_stages; ++s) {
+      while (next[s] < lists[s].size()) {
+        const Action& a = lists[s][next[s]];
+        const bool forward = a.kind == Action::Forward;
+        const int64_t from = forward ? s - 1 : s + 1;  // the stage this action's input comes from
+        double ready = free_at[s];
+        if (from >= 0 && from < num_stages) {
+          auto it = done[from].find({a.kind, a.microbatch});
+          if (it == done[from].end()) break;
+          ready = std::max(ready, it->second + p2p_seconds);
+        }
+        const double cost = forward ? forward_seconds.at(s) : backward_seconds.at(s);
+        free_at[s] = ready + cost;
+        timeline.busy[s] += cost;
+        done[s][{a.kind, a.microbatch}] = free_at[s];
+        timeline.makespan = std::max(timeline.makespan, free_at[s]);
+        ++next[s];
+        progress = true;
+      }
+    }
+  }
+  for (int64_t s = 0; s < num_stages; ++s)
+    if (next[s] < lists[s].size())
+      throw std::logic_error("pipeline schedule '" + name + "' deadlocks at stage " + std::to_string(s));
+  return timeline;
+}
+
+double bubble_theory(const std::string& name, int64_t num_stages, int64_t num_microbatches) {
+  return simulate_schedule(name, num_stages, num_microbatches, std::vector<double>(num_stages, 1.0),
+                           std::vector<double>(num_stages, 2.0), 0.0)
+      .bubble(0);
 }
 
 }  // namespace minipretrain

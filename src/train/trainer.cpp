@@ -347,7 +347,7 @@ void Trainer::log_step(int64_t step, const StepStats& s, double interval_seconds
                                  1000.0 * step_seconds, clock_time(seconds_since(run_start_)),
                                  clock_time(step_seconds * static_cast<double>(config_.train.max_steps - step)));
   const int64_t pp = parallel_.layout().pp, m = config_.microbatches();
-  const double theory = static_cast<double>(pp - 1) / static_cast<double>(m + pp - 1);
+  const double theory = bubble_theory(config_.parallel.pipeline_schedule, pp, m);
   if (pp > 1) line += fmt::format(" | Bubble: {:.2f} (theory {:.2f})", s.bubble, theory);
   if (skipped_total_ > 0) line += fmt::format(" | Skipped: {}", skipped_total_);
   spdlog::info(line);
