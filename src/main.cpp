@@ -14,13 +14,19 @@
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 
+#ifdef MINIPRETRAIN_WITH_NCCL
+#include <cuda_runtime_api.h>
+#endif
+
 #include "minipretrain/commands/commands.h"
+#include "minipretrain/commands/plan.h"
 #include "minipretrain/data/text_tool.h"
 #include "minipretrain/config/cli.h"
 #include "minipretrain/config/faults.h"
 #include "minipretrain/distributed/launch_env.h"
 #include "minipretrain/distributed/parallel_state.h"
 #include "minipretrain/model/stage.h"
+#include "minipretrain/train/main_params.h"
 #include "minipretrain/train/trainer.h"
 
 using namespace minipretrain;
@@ -62,6 +68,39 @@ torch::Device pick_device(const std::string& wanted, const LaunchEnv& env) {
   return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank % torch::cuda::device_count()));
 }
 
+// The memory one rank of this device may use: the GPU's, or on CPU the
+// machine's shared by its local processes. 0 when unknown.
+double device_memory_per_rank(const torch::Device& device, const LaunchEnv& env) {
+  if (device.is_cuda()) {
+#ifdef MINIPRETRAIN_WITH_NCCL
+    size_t free_bytes = 0, total_bytes = 0;
+    if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) return static_cast<double>(total_bytes);
+#endif
+    return 0;
+  }
+  std::ifstream meminfo("/proc/meminfo");
+  for (std::string key; meminfo >> key;) {
+    double kb = 0;
+    meminfo >> kb;
+    if (key == "MemTotal:") return kb * 1024.0 / static_cast<double>(std::max<int64_t>(1, env.local_world_size));
+    meminfo.ignore(std::numeric_limits<std::streamsize>::max(), '\n');
+  }
+  return 0;
+}
+
+// The planner's estimate of this layout (commands/plan.h) with the precision
+// the trainer will pick, for --print-config and the banner.
+LayoutEstimate estimate_of(const Config& config, const torch::Device& device, const LaunchEnv& env, int64_t world) {
+  Config resolved = config;
+  resolved.train.precision = resolve_precision(config.train.precision, device) == torch::kFloat ? "fp32" : "bf16";
+  Cluster cluster;
+  cluster.world_size = world;
+  cluster.gpus_per_node = std::max<int64_t>(1, env.local_world_size);
+  cluster.device_memory = device_memory_per_rank(device, env);
+  cluster.cpu = !device.is_cuda();
+  return estimate_layout(resolved, cluster);
+}
+
 void print_config(const Config& config) {
   std::printf("%s\n", to_json(config).dump(2).c_str());
   const ParameterCount n = count_parameters(config.model);
@@ -75,7 +114,8 @@ void print_config(const Config& config) {
 }
 
 // The "Training Configuration" block of the Python original, on the logging rank.
-void log_banner(const Config& config, const ParallelState& parallel, const Trainer& trainer, int threads) {
+void log_banner(const Config& config, const ParallelState& parallel, const Trainer& trainer, int threads,
+                const LayoutEstimate& estimate) {
   const ParameterCount n = count_parameters(config.model);
   const Layout& layout = parallel.layout();
   std::string split;
@@ -101,6 +141,7 @@ void log_banner(const Config& config, const ParallelState& parallel, const Train
                100 * config.train.warmup_ratio, config.train.weight_decay, config.train.grad_clip);
   spdlog::info("  Precision {} (--precision {}) | Recompute: {} | Seed: {}", trainer.precision_name(),
                config.train.precision, config.train.recompute, config.train.seed);
+  spdlog::info("  Memory estimate: {}", estimate.describe());
   if (trainer.dataset()) spdlog::info("  Data: {}", trainer.dataset()->describe());
   spdlog::info("  Output: {} (checkpoint every {} steps{}){}", config.log.output_dir, config.log.save_interval,
                config.log.save_keep > 0 ? ", newest " + std::to_string(config.log.save_keep) + " kept" : "",
@@ -136,6 +177,7 @@ int main(int argc, char** argv) {
     if (!command_line) return 0;
     const std::string& command = command_line->command;
     if (command != "train") {
+      if (command == "plan") run_plan(command_line->plan, command_line->config);
       if (command == "generate") run_generate(command_line->generate);
       if (command == "export") run_export(command_line->export_model);
       if (command == "import") run_import(command_line->import_model);
@@ -150,6 +192,9 @@ int main(int argc, char** argv) {
                                                    : env.world_size;
       config.resolve(world);
       print_config(config);
+      const LayoutEstimate estimate =
+          estimate_of(config, pick_device(config.train.device, env), env, world);
+      std::printf("memory estimate: %s\n", estimate.describe().c_str());
       return 0;
     }
     config.resolve(env.world_size);
@@ -161,12 +206,18 @@ int main(int argc, char** argv) {
     const int threads = threads_per_process(config, env);
     torch::set_num_threads(threads);
     const torch::Device device = pick_device(config.train.device, env);
+    // Before any work starts: a layout that will not fit is said so now.
+    const LayoutEstimate estimate = estimate_of(config, device, env, env.world_size);
+    if (!estimate.fits && estimate.device_memory > 0 && env.rank == 0)
+      spdlog::warn("This layout is predicted not to fit: {:.2f} GB on the largest rank (stage {}), the device has "
+                   "{:.2f} GB per rank; 'minipretrain plan' lists layouts that fit",
+                   estimate.peak_memory() / 1e9, estimate.largest_stage, estimate.device_memory / 1e9);
 
     ParallelState parallel(env, config, device);
     spdlog::info("{}", parallel.describe());
     Trainer trainer(config, parallel, device);
     if (parallel.is_logging_rank()) {
-      log_banner(config, parallel, trainer, threads);
+      log_banner(config, parallel, trainer, threads, estimate);
       spdlog::info("Start-up took {:.2f} s",
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - launched).count());
     }

@@ -39,6 +39,33 @@ void add_import(CLI::App& app, ImportCommand& c) {
       ->required()->type_name("PATH");
 }
 
+void add_plan(CLI::App& app, PlanCommand& c) {
+  CLI::App* sub = app.add_subcommand(
+      "plan", "every valid layout of the config for N ranks: memory per rank, traffic, bubble, speed; best first");
+  // The config's flags (--config, --hidden-size, ...) belong to the main
+  // command; they may follow `plan` too.
+  sub->fallthrough();
+  sub->add_option("--world-size", c.world_size, "ranks (GPUs) to plan for")->required();
+  sub->add_option("--gpus-per-node", c.gpus_per_node, "ranks per node; tensor parallelism stays inside one")
+      ->capture_default_str();
+  sub->add_option("--device-memory", c.device_memory, "memory per rank, e.g. 80GB, 141GB, 24GiB")
+      ->capture_default_str();
+  sub->add_option("--flops", c.flops, "sustained bf16 matmul FLOP/s per rank (fp32: half)")->capture_default_str();
+  sub->add_option("--intra-node-bw", c.intra_node_bw, "bandwidth per rank within a node, e.g. 450GB/s")
+      ->capture_default_str();
+  sub->add_option("--inter-node-bw", c.inter_node_bw, "bandwidth per rank between nodes, e.g. 50GB/s")
+      ->capture_default_str();
+  sub->add_option("--top", c.top, "rows of the table (0: all)")->capture_default_str();
+  sub->add_flag("--json", c.json, "print every layout as JSON instead of the table");
+  sub->footer(
+      "Figures for common GPUs (sustained FLOP/s about 40% of the dense bf16 peak):\n"
+      "  H100 SXM 80GB: --device-memory 80GB --flops 400e12 --intra-node-bw 450GB/s --inter-node-bw 50GB/s (default)\n"
+      "  H200 141GB:    --device-memory 141GB --flops 400e12 --intra-node-bw 450GB/s --inter-node-bw 50GB/s\n"
+      "  A100 SXM 80GB: --device-memory 80GB --flops 125e12 --intra-node-bw 300GB/s --inter-node-bw 25GB/s\n"
+      "  A100 40GB:     --device-memory 40GB --flops 125e12 --intra-node-bw 300GB/s --inter-node-bw 25GB/s\n"
+      "With --device cpu the plan is for CPU processes (Gloo, process baseline included).");
+}
+
 // Listed in --help only: main() hands these command lines to minipretrain-text
 // before they reach the parser here.
 void add_text_tool_commands(CLI::App& app) {
@@ -86,6 +113,7 @@ std::optional<CommandLine> parse_command_line(int argc, const char* const* argv)
   add_generate(app, result.generate);
   add_export(app, result.export_model);
   add_import(app, result.import_model);
+  add_plan(app, result.plan);
   add_text_tool_commands(app);
   app.require_subcommand(0, 1);
   // After the subcommands, which would inherit it.

@@ -74,7 +74,9 @@ torch::Tensor Communicator::wire(const torch::Tensor& tensor) const {
 void Communicator::count(const std::string& op, const torch::Tensor& wire, double seconds) {
   OpStats& s = stats_[op];
   s.calls += 1;
-  s.bytes += wire.numel() * static_cast<int64_t>(wire.element_size());
+  // A group of one moves nothing: its calls count, its bytes do not, so the
+  // counters read as traffic (and equal the planner's prediction).
+  if (size_ > 1) s.bytes += wire.numel() * static_cast<int64_t>(wire.element_size());
   s.seconds += seconds;
 }
 

@@ -1,6 +1,7 @@
 #include "minipretrain/parallel/schedule.h"
 
 #include <algorithm>
+#include <numeric>
 #include <map>
 #include <stdexcept>
 #include <tuple>
@@ -175,8 +176,13 @@ void check_transfer_order(const std::vector<std::vector<Action>>& stages, int64_
 
 }  // namespace
 
+const std::vector<std::string>& pipeline_schedule_names() {
+  static const std::vector<std::string> names{"gpipe", "1f1b", "interleaved-1f1b", "zb-h1"};
+  return names;
+}
+
 PipelineSimulation simulate_pipeline(const std::vector<std::vector<Action>>& stages, int64_t num_microbatches,
-                                     int64_t num_chunks) {
+                                     int64_t num_chunks, const StageCosts* costs) {
   const int64_t p = static_cast<int64_t>(stages.size()), last_virtual = p * num_chunks - 1;
   for (int64_t s = 0; s < p; ++s) check_stage(s, stages[s], num_microbatches, num_chunks);
   check_transfer_order(stages, num_chunks);
@@ -189,10 +195,22 @@ PipelineSimulation simulate_pipeline(const std::vector<std::vector<Action>>& sta
     at_least = std::max(at_least, it->second);
     return true;
   };
-  const double unit = 1.0 / static_cast<double>(num_chunks);
+  const double chunks = static_cast<double>(num_chunks);
+  const auto cost_of = [&](int64_t s, Action::Kind kind) {
+    const double forward = costs ? costs->forward.at(s) : 1.0, backward = costs ? costs->backward.at(s) : 2.0;
+    if (kind == Action::Forward) return forward / chunks;
+    return (kind == Action::Backward ? backward : backward / 2) / chunks;
+  };
+  const double transfer = costs ? costs->transfer : 0.0;
+  // When a neighbour's result can be used here: it crosses to another rank.
+  const auto arrived = [&](int64_t v, Action::Kind k, int64_t m, int64_t s, double& at_least) {
+    double when = 0;
+    if (!finished(v, k, m, when)) return false;
+    at_least = std::max(at_least, when + (v % p == s ? 0.0 : transfer));
+    return true;
+  };
   std::vector<size_t> next(p, 0);
-  std::vector<double> clock(p, 0.0);
-  double busy = 0;
+  std::vector<double> clock(p, 0.0), busy(p, 0.0);
   for (bool progress = true; progress;) {
     progress = false;
     for (int64_t s = 0; s < p; ++s)
@@ -202,17 +220,17 @@ PipelineSimulation simulate_pipeline(const std::vector<std::vector<Action>>& sta
         double start = clock[s];
         bool ready = true;
         if (a.kind == Action::Forward) {
-          ready = v == 0 || finished(v - 1, Action::Forward, m, start);
+          ready = v == 0 || arrived(v - 1, Action::Forward, m, s, start);
         } else if (a.kind == Action::BackwardWeight) {
           ready = finished(v, Action::BackwardInput, m, start);
         } else {
           ready = finished(v, Action::Forward, m, start) &&
-                  (v == last_virtual || finished(v + 1, Action::BackwardInput, m, start));
+                  (v == last_virtual || arrived(v + 1, Action::BackwardInput, m, s, start));
         }
         if (!ready) break;
-        const double cost = (a.kind == Action::Backward ? 2 : 1) * unit;
+        const double cost = cost_of(s, a.kind);
         clock[s] = start + cost;
-        busy += cost;
+        busy[s] += cost;
         done[{v, static_cast<int>(a.kind == Action::Backward ? Action::BackwardInput : a.kind), m}] = clock[s];
         ++next[s];
         progress = true;
@@ -225,17 +243,19 @@ PipelineSimulation simulate_pipeline(const std::vector<std::vector<Action>>& sta
 
   PipelineSimulation result;
   result.makespan = *std::max_element(clock.begin(), clock.end());
-  result.bubble = result.makespan > 0 ? 1.0 - busy / (static_cast<double>(p) * result.makespan) : 0.0;
+  const double total = std::accumulate(busy.begin(), busy.end(), 0.0);
+  result.bubble = result.makespan > 0 ? 1.0 - total / (static_cast<double>(p) * result.makespan) : 0.0;
+  result.busy = busy;
   for (const auto& actions : stages) result.peak_in_flight.push_back(peak_in_flight(actions));
   return result;
 }
 
 PipelineSimulation simulate_schedule(const std::string& name, int64_t num_stages, int64_t num_microbatches,
-                                     int64_t num_chunks) {
+                                     int64_t num_chunks, const StageCosts* costs) {
   std::vector<std::vector<Action>> stages;
   for (int64_t s = 0; s < num_stages; ++s)
     stages.push_back(make_schedule(name, num_stages, s, num_microbatches, num_chunks));
-  return simulate_pipeline(stages, num_microbatches, num_chunks);
+  return simulate_pipeline(stages, num_microbatches, num_chunks, costs);
 }
 
 }  // namespace minipretrain

@@ -4,6 +4,7 @@
 //   generate    sample text from a checkpoint
 //   export      checkpoint -> Hugging Face Llama directory
 //   import      Hugging Face Llama directory -> checkpoint
+//   plan        every valid layout of the config for a cluster: memory, traffic, speed
 //   tokenizer, preprocess: run by minipretrain-text (kTextToolCommands)
 // `minipretrain --help` lists them all, one line each, and every
 // `minipretrain SUBCOMMAND --help` describes its options.
@@ -59,6 +60,20 @@ struct ImportCommand {
   std::string output;
 };
 
+// The cluster to plan for; the config (file and flags) gives the model and
+// the global batch. Memory and bandwidth are text ("80GB", "450GB/s"),
+// parsed by commands/plan.h.
+struct PlanCommand {
+  int64_t world_size = 0;
+  int64_t gpus_per_node = 8;
+  std::string device_memory = "80GB";
+  double flops = 400e12;
+  std::string intra_node_bw = "450GB/s";
+  std::string inter_node_bw = "50GB/s";
+  int64_t top = 10;
+  bool json = false;
+};
+
 struct CommandLine {
   std::string command = "train";  // or the subcommand's name
   Config config;
@@ -66,6 +81,7 @@ struct CommandLine {
   GenerateCommand generate;
   ExportCommand export_model;
   ImportCommand import_model;
+  PlanCommand plan;
 };
 
 // nullopt when --help was asked for (the help is printed). Throws ConfigError

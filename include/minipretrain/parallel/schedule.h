@@ -56,12 +56,26 @@ std::vector<Action> make_schedule(const std::string& name, int64_t num_stages, i
 // backward (or W) has not run yet. A chunk holds 1/V of a stage's layers.
 int64_t peak_in_flight(const std::vector<Action>& actions);
 
+// Every name make_schedule knows, for the planner to enumerate (a new schedule
+// is added here and in make_schedule; config validation decides what is valid).
+const std::vector<std::string>& pipeline_schedule_names();
+
+// What one microbatch costs each stage (all its chunks together): a forward,
+// a whole backward (B and W are half of it each), and a transfer between
+// stages. Without it, the simulation takes a forward as 1, a backward as 2
+// and transfers as free.
+struct StageCosts {
+  std::vector<double> forward, backward;  // per stage
+  double transfer = 0;
+};
+
 // Every stage's list run together the way the executor runs them (sends
 // never block, a receive waits for its sender), each action taking its
-// share of unit costs: a chunk's F, B and W each 1/V, a whole backward 2/V.
+// chunk's share (1/V) of the stage's costs.
 struct PipelineSimulation {
-  double makespan = 0;                 // in stage-forward units
-  double bubble = 0;                   // idle share of PP x makespan
+  double makespan = 0;                  // in the costs' unit
+  double bubble = 0;                    // idle share of PP x makespan
+  std::vector<double> busy;             // per stage: time computing
   std::vector<int64_t> peak_in_flight;  // per stage
 };
 // Checks that every stage runs each (chunk, microbatch)'s F once and either
@@ -71,10 +85,11 @@ struct PipelineSimulation {
 // across stages holds and no stage waits forever; throws std::logic_error
 // saying what is wrong otherwise.
 PipelineSimulation simulate_pipeline(const std::vector<std::vector<Action>>& stages, int64_t num_microbatches,
-                                     int64_t num_chunks);
-// make_schedule's lists for every stage, simulated: the bubble the step line
-// calls the theory (for 1F1B it is (PP - 1) / (M + PP - 1)).
+                                     int64_t num_chunks, const StageCosts* costs = nullptr);
+// make_schedule's lists for every stage, simulated. With unit costs, the
+// bubble is what the step line calls the theory (for GPipe and 1F1B it is
+// (PP - 1) / (M + PP - 1)); the planner gives each stage its own costs.
 PipelineSimulation simulate_schedule(const std::string& name, int64_t num_stages, int64_t num_microbatches,
-                                     int64_t num_chunks = 1);
+                                     int64_t num_chunks = 1, const StageCosts* costs = nullptr);
 
 }  // namespace minipretrain

@@ -1,0 +1,223 @@
+// The planner against the real thing: its memory is the measured peak RSS
+// within 15%, its traffic the communicators' counters exactly, its bubble the
+// schedules' theory; and `minipretrain plan` lists only valid layouts, best
+// first, and fails in one line on bad input.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include "minipretrain/commands/plan.h"
+#include "minipretrain/config/cli.h"
+#include "minipretrain/parallel/schedule.h"
+#include "test_support.h"
+
+using namespace minipretrain;
+using namespace minipretrain::test;
+
+namespace {
+
+// The config a run of the binary with `args` trains, resolved for `world`.
+Config config_of(const std::vector<std::string>& args, int64_t world) {
+  std::vector<const char*> argv{"minipretrain"};
+  for (const std::string& a : args) argv.push_back(a.c_str());
+  Config config = parse_command_line(static_cast<int>(argv.size()), argv.data())->config;
+  config.resolve(world);
+  return config;
+}
+
+int64_t counted_bytes(const nlohmann::json& ops) {
+  int64_t total = 0;
+  for (const auto& [op, s] : ops.items()) total += s.at("bytes").get<int64_t>();
+  return total;
+}
+
+// A model whose weights, optimizer state and activations are several times
+// the process baseline, yet whose step takes seconds on one core: a wide
+// vocabulary, short sequences, few layers.
+std::vector<std::string> measured_args(const std::string& out) {
+  return {"--vocab-size", "16000", "--hidden-size", "256", "--intermediate-size", "768", "--num-layers", "4",
+          "--num-attention-heads", "8", "--num-key-value-heads", "4", "--max-seq-length", "256",
+          "--micro-batch-size", "2", "--global-batch-size", "8", "--max-steps", "2", "--num-train-samples", "64",
+          "--log-interval", "1", "--save-interval", "1000", "--num-threads", "1", "--dist-timeout", "120",
+          "--device", "cpu", "--output-dir", out};
+}
+
+struct MeasuredRun {
+  std::string name;
+  int world;
+  std::vector<std::string> layout;  // flags added to measured_args
+};
+
+}  // namespace
+
+TEST(Plan, BubbleTheoryIsTheSchedulesFormula) {
+  for (const std::string& schedule : {"gpipe", "1f1b"})
+    for (int64_t pp : {1, 2, 3, 4, 8})
+      for (int64_t m : {1, 2, 3, 8, 16}) {
+        const double formula = static_cast<double>(pp - 1) / static_cast<double>(m + pp - 1);
+        EXPECT_NEAR(simulate_schedule(schedule, pp, m).bubble, formula, 1e-12) << schedule << " PP " << pp << " M " << m;
+      }
+}
+
+// Unequal stages: the slowest stage sets the pace, and transfers add up on
+// the critical path (2 stages, 1 microbatch: F0, send, F1, B1, send, B0).
+TEST(Plan, SimulatedScheduleFollowsTheCriticalPath) {
+  const StageCosts costs{{1.0, 3.0}, {2.0, 6.0}, 0.5};
+  const PipelineSimulation one = simulate_schedule("1f1b", 2, 1, 1, &costs);
+  EXPECT_DOUBLE_EQ(one.makespan, 1.0 + 0.5 + 3.0 + 6.0 + 0.5 + 2.0);
+  EXPECT_DOUBLE_EQ(one.busy[0], 3.0);
+  EXPECT_DOUBLE_EQ(one.busy[1], 9.0);
+  // GPipe holds every microbatch, 1F1B at most PP - stage.
+  for (int64_t m : {2, 8}) {
+    EXPECT_EQ(peak_in_flight(make_schedule("gpipe", 4, 0, m)), m);
+    EXPECT_EQ(peak_in_flight(make_schedule("1f1b", 4, 0, m)), std::min<int64_t>(4, m));
+  }
+}
+
+// Six CPU runs of different layouts, precisions, schedules and recompute:
+// rank 0's counters equal the prediction for its stage byte for byte, and its
+// peak RSS is the prediction within 15%. Runs one at a time (RSS under
+// contention from a sibling test would not move, but time would).
+TEST(Plan, PredictionsMatchMeasuredRuns) {
+  const std::vector<MeasuredRun> runs = {
+      {"dp1_fp32_gpipe", 1, {"--precision", "fp32", "--pipeline-schedule", "gpipe"}},
+      {"dp1_bf16_recompute", 1, {"--precision", "bf16", "--recompute", "full"}},
+      {"tp2_fp32", 2, {"--precision", "fp32", "--tensor-parallel-size", "2"}},
+      // Halved by TP or holding few activations: a wider vocabulary keeps the model above the baseline.
+      {"tp2_bf16_recompute", 2,
+       {"--precision", "bf16", "--tensor-parallel-size", "2", "--recompute", "full", "--vocab-size", "32000"}},
+      {"pp2_gpipe_bf16", 2, {"--precision", "bf16", "--pipeline-parallel-size", "2", "--pipeline-schedule", "gpipe"}},
+      {"pp2_1f1b_fp32_recompute", 2,
+       {"--precision", "fp32", "--pipeline-parallel-size", "2", "--pipeline-schedule", "1f1b", "--recompute", "full",
+        "--vocab-size", "32000"}},
+      {"dp2_bf16", 2, {"--precision", "bf16"}},
+  };
+  for (const MeasuredRun& run : runs) {
+    SCOPED_TRACE(run.name);
+    const std::string out = fresh_dir("plan_" + run.name);
+    std::vector<std::string> args = measured_args(out);
+    args.insert(args.end(), run.layout.begin(), run.layout.end());
+    expect_all_succeeded(run_ranks(run.world, args));
+    const nlohmann::json last = read_metrics(out).rbegin()->second;
+
+    Cluster cluster;
+    cluster.world_size = run.world;
+    cluster.cpu = true;
+    const Config config = config_of(args, run.world);
+    const LayoutEstimate plan = estimate_layout(config, cluster);
+    const StageEstimate& rank0 = plan.stages.front();  // the logging rank: stage 0, TP 0, DP 0
+
+    EXPECT_EQ(counted_bytes(last["comm"]["tp"]), rank0.comm.tp);
+    EXPECT_EQ(counted_bytes(last["comm"]["dp"]), rank0.comm.dp);
+    EXPECT_EQ(counted_bytes(last["comm"]["pp"]), rank0.comm.pp);
+    EXPECT_DOUBLE_EQ(last["bubble_theory"].get<double>(), plan.bubble_theory);
+
+    const double measured = last["peak_rss_mb"].get<double>() * 1024 * 1024;
+    const double predicted = rank0.memory.total();
+    std::printf("[plan] %-26s measured %7.1f MB, predicted %7.1f MB (%+5.1f%%; model terms %.1f MB) | comm TP %lld DP "
+                "%lld PP %lld bytes\n",
+                run.name.c_str(), measured / 1048576, predicted / 1048576, 100 * (predicted - measured) / measured,
+                (predicted - rank0.memory.baseline) / 1048576, static_cast<long long>(rank0.comm.tp),
+                static_cast<long long>(rank0.comm.dp), static_cast<long long>(rank0.comm.pp));
+    EXPECT_LE(std::abs(predicted - measured), 0.15 * measured) << "measured " << measured << " predicted " << predicted;
+    // The model, not the constant, carries the prediction.
+    EXPECT_GT(predicted - rank0.memory.baseline, rank0.memory.baseline);
+  }
+}
+
+TEST(Plan, ListsValidLayoutsBestFirstAsJson) {
+  const ProcessResult r = run({binary(), "plan", "--config", std::string(MINIPRETRAIN_SOURCE_DIR) + "/configs/large.json",
+                               "--world-size", "16", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const nlohmann::json layouts = nlohmann::json::parse(r.output);
+  ASSERT_GT(layouts.size(), 10u);
+  bool seen_not_fitting = false, own_layout = false;
+  double previous = INFINITY;
+  for (const nlohmann::json& l : layouts) {
+    const int64_t tp = l["tensor_parallel_size"], pp = l["pipeline_parallel_size"], dp = l["data_parallel_size"];
+    EXPECT_EQ(tp * pp * dp, 16);
+    EXPECT_LE(tp, 8);  // inside a node
+    EXPECT_EQ(l["micro_batch_size"].get<int64_t>() * l["num_microbatches"].get<int64_t>() * dp, 32);
+    EXPECT_EQ(20 % tp, 0);  // the heads divide
+    // Fitting layouts first, each group by tokens/s.
+    const bool fits = l["fits"];
+    if (!fits && !seen_not_fitting) previous = INFINITY;
+    EXPECT_FALSE(fits && seen_not_fitting);
+    seen_not_fitting = seen_not_fitting || !fits;
+    EXPECT_LE(l["tokens_per_s"].get<double>(), previous * 1.01);  // ties within 0.5% go to the smaller memory
+    previous = l["tokens_per_s"];
+    // The largest rank is named and is the largest.
+    double largest = 0;
+    for (const nlohmann::json& s : l["stages"]) largest = std::max(largest, s["memory_bytes"]["total"].get<double>());
+    EXPECT_EQ(l["peak_memory_bytes"].get<double>(), largest);
+    own_layout = own_layout || (tp == 4 && pp == 2 && l["micro_batch_size"] == 4 && l["precision"] == "bf16" &&
+                                l["recompute"] == "none" && l["pipeline_schedule"] == "1f1b");
+  }
+  EXPECT_TRUE(own_layout) << "the config's own layout is missing";
+}
+
+TEST(Plan, TableMarksWhatDoesNotFit) {
+  const std::string config = std::string(MINIPRETRAIN_SOURCE_DIR) + "/configs/xl.json";
+  const ProcessResult r = run({binary(), "plan", "--config", config, "--world-size", "8", "--device-memory", "1GB"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("does not fit"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("0 fit"), std::string::npos) << r.output;
+  const ProcessResult top3 = run({binary(), "plan", "--config", config, "--world-size", "8", "--top", "3"});
+  ASSERT_EQ(top3.exit_code, 0) << top3.output;
+  EXPECT_NE(top3.output.find("\n  3 "), std::string::npos) << top3.output;
+  EXPECT_EQ(top3.output.find("\n  4 "), std::string::npos) << top3.output;
+}
+
+TEST(Plan, BadInputFailsInOneLine) {
+  const std::vector<std::vector<std::string>> cases = {
+      // 1 layer, 1 head, an odd batch: no TP, PP or DP of 2 is valid.
+      {"plan", "--world-size", "2", "--num-layers", "1", "--num-attention-heads", "1", "--hidden-size", "64",
+       "--global-batch-size", "5"},
+      {"plan", "--world-size", "8", "--device-memory", "80XB"},
+      {"plan", "--world-size", "8", "--inter-node-bw", "50GB"},
+      {"plan", "--world-size", "0"},
+  };
+  const std::vector<std::string> expected = {"no valid layout for world size 2", "--device-memory must be",
+                                             "--inter-node-bw must be a rate", "--world-size must be positive"};
+  for (size_t i = 0; i < cases.size(); ++i) {
+    std::vector<std::string> argv{binary()};
+    argv.insert(argv.end(), cases[i].begin(), cases[i].end());
+    const ProcessResult r = run(argv);
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find(expected[i]), std::string::npos) << r.output;
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+  }
+}
+
+// --print-config shows the chosen layout's estimate, and so does the banner;
+// a run whose layout is predicted not to fit (sequences of 65536 tokens: the
+// attention scores alone would take petabytes) is warned about before any
+// work starts (it then stops at once, on a checkpoint that does not exist).
+TEST(Plan, PrintConfigAndBannerShowTheEstimate) {
+  const std::string out = fresh_dir("plan_banner");
+  std::vector<std::string> args = tiny_args(out, 1);
+  std::vector<std::string> argv{binary(), "--print-config"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  const ProcessResult printed = run(argv);
+  ASSERT_EQ(printed.exit_code, 0) << printed.output;
+  Cluster cluster;
+  cluster.cpu = true;
+  const std::string line = "memory estimate: " + estimate_layout(config_of(args, 1), cluster).describe();
+  EXPECT_NE(printed.output.find(line), std::string::npos) << printed.output << "\nexpected: " << line;
+
+  argv.erase(argv.begin() + 1);
+  const ProcessResult fits = run(argv);
+  ASSERT_EQ(fits.exit_code, 0) << fits.output;
+  EXPECT_NE(fits.output.find("  Memory estimate: " + line.substr(17)), std::string::npos) << fits.output;
+  EXPECT_EQ(fits.output.find("predicted not to fit"), std::string::npos) << fits.output;
+
+  argv.insert(argv.end(), {"--max-seq-length", "65536", "--global-batch-size", "2", "--num-train-samples", "8",
+                           "--resume", out + "/no-such-checkpoint"});
+  const ProcessResult huge = run(argv);
+  EXPECT_NE(huge.exit_code, 0) << huge.output;
+  const size_t warning = huge.output.find("predicted not to fit");
+  ASSERT_NE(warning, std::string::npos) << huge.output;
+  EXPECT_LT(warning, huge.output.find("Training Configuration")) << huge.output;
+}
