@@ -91,10 +91,12 @@ TEST(CudaNccl, TwoRanksOnTwoGpusReduceAndExchange) {
   }
 }
 
+// The command line of a 10-step tiny run on `device`.
 std::vector<std::string> cuda_run(const std::string& dir, const std::string& device, const std::string& precision) {
-  std::vector<std::string> args = test::tiny_args(dir, 10);
-  args.insert(args.end(), {"--device", device, "--precision", precision});
-  return args;
+  std::vector<std::string> argv = test::tiny_args(dir, 10);
+  argv.insert(argv.begin(), test::binary());
+  argv.insert(argv.end(), {"--device", device, "--precision", precision});
+  return argv;
 }
 
 // fp32 on the GPU computes the CPU's numbers up to summation order (cuBLAS
@@ -103,10 +105,7 @@ std::vector<std::string> cuda_run(const std::string& dir, const std::string& dev
 TEST(CudaRun, Fp32StepsMatchTheCpu) {
   REQUIRE_GPUS(1);
   const std::string cpu = test::fresh_dir("cuda_fp32_cpu"), gpu = test::fresh_dir("cuda_fp32_gpu");
-  std::vector<std::string> a = cuda_run(cpu, "cpu", "fp32"), b = cuda_run(gpu, "cuda", "fp32");
-  a.insert(a.begin(), test::binary());
-  b.insert(b.begin(), test::binary());
-  test::expect_all_succeeded({test::run(a), test::run(b)});
+  test::expect_all_succeeded({test::run(cuda_run(cpu, "cpu", "fp32")), test::run(cuda_run(gpu, "cuda", "fp32"))});
   test::expect_same_losses(gpu, cpu, 10, 1e-4);
   test::expect_same_weights(gpu, cpu, 1e-3);
 }
@@ -116,10 +115,7 @@ TEST(CudaRun, Fp32StepsMatchTheCpu) {
 TEST(CudaRun, AutoPrecisionIsBf16AndTracksFp32) {
   REQUIRE_GPUS(1);
   const std::string fp32 = test::fresh_dir("cuda_auto_fp32"), autop = test::fresh_dir("cuda_auto");
-  std::vector<std::string> a = cuda_run(fp32, "cuda", "fp32"), b = cuda_run(autop, "cuda", "auto");
-  a.insert(a.begin(), test::binary());
-  b.insert(b.begin(), test::binary());
-  const test::ProcessResult ra = test::run(a), rb = test::run(b);
+  const test::ProcessResult ra = test::run(cuda_run(fp32, "cuda", "fp32")), rb = test::run(cuda_run(autop, "cuda", "auto"));
   test::expect_all_succeeded({ra, rb});
   const auto la = test::read_metrics(fp32), lb = test::read_metrics(autop);
   ASSERT_EQ(la.size(), lb.size());
