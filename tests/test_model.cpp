@@ -34,7 +34,7 @@ class ShapeOnlyGroup : public Communicator {
   torch::Tensor do_reduce_scatter(const torch::Tensor&) override { unexpected(); }
   void do_broadcast(torch::Tensor&, int) override { unexpected(); }
   std::unique_ptr<PendingOp> do_isend(const torch::Tensor&, int, int) override { unexpected(); }
-  void do_recv(torch::Tensor&, int, int) override { unexpected(); }
+  std::unique_ptr<PendingOp> do_irecv(torch::Tensor&, int, int) override { unexpected(); }
   void do_barrier() override { unexpected(); }
 
  private:

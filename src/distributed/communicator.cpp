@@ -44,6 +44,26 @@ class GuardedPendingOp : public PendingOp {
   std::string what_;
 };
 
+// A receive in flight: waiting completes it, brings what travelled as fp32
+// back to bf16, and adds the wait to the receive's time.
+class PendingReceive : public PendingOp {
+ public:
+  PendingReceive(std::unique_ptr<PendingOp> inner, std::string what, torch::Tensor wire, torch::Tensor target,
+                 OpStats& stats)
+      : guarded_(std::move(inner), std::move(what)), wire_(std::move(wire)), target_(std::move(target)), stats_(stats) {}
+  void wait() override {
+    const auto start = Clock::now();
+    guarded_.wait();
+    if (!wire_.is_same(target_)) target_.copy_(wire_);
+    stats_.seconds += seconds_since(start);
+  }
+
+ private:
+  GuardedPendingOp guarded_;
+  torch::Tensor wire_, target_;
+  OpStats& stats_;
+};
+
 class CompletedOp : public PendingOp {
  public:
   void wait() override {}
@@ -137,14 +157,15 @@ std::unique_ptr<PendingOp> Communicator::isend(const torch::Tensor& tensor, int 
   return std::make_unique<GuardedPendingOp>(std::move(handle), name_ + " send " + peer);
 }
 
-void Communicator::recv(torch::Tensor& tensor, int src, int tag) {
+std::unique_ptr<PendingOp> Communicator::irecv(const torch::Tensor& tensor, int src, int tag) {
   const auto start = Clock::now();
   torch::Tensor received = tensor.scalar_type() == torch::kBFloat16 && !has_bf16()
                                ? torch::empty(tensor.sizes(), tensor.options().dtype(torch::kFloat))
                                : tensor;
-  guarded("recv", peer_of("from", src, size_), [&] { do_recv(received, src, tag); });
-  if (!received.is_same(tensor)) tensor.copy_(received);
+  const std::string peer = peer_of("from", src, size_);
+  auto pending = guarded("recv", peer, [&] { return do_irecv(received, src, tag); });
   count("recv", received, seconds_since(start));
+  return std::make_unique<PendingReceive>(std::move(pending), name_ + " recv " + peer, received, tensor, stats_["recv"]);
 }
 
 void Communicator::barrier() {
@@ -156,7 +177,7 @@ std::unique_ptr<PendingOp> SoloCommunicator::do_isend(const torch::Tensor&, int 
   TORCH_CHECK(false, name(), ": a group of one cannot send to rank ", dst);
 }
 
-void SoloCommunicator::do_recv(torch::Tensor&, int src, int) {
+std::unique_ptr<PendingOp> SoloCommunicator::do_irecv(torch::Tensor&, int src, int) {
   TORCH_CHECK(false, name(), ": a group of one cannot receive from rank ", src);
 }
 

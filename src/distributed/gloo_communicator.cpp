@@ -86,10 +86,10 @@ std::unique_ptr<PendingOp> GlooCommunicator::do_isend(const torch::Tensor& tenso
   return std::make_unique<GlooPendingOp>(group_->send(tensors, dst, tag), payload);
 }
 
-void GlooCommunicator::do_recv(torch::Tensor& tensor, int src, int tag) {
+std::unique_ptr<PendingOp> GlooCommunicator::do_irecv(torch::Tensor& tensor, int src, int tag) {
   require_cpu_contiguous(tensor, "recv");
   std::vector<torch::Tensor> tensors{tensor};
-  group_->recv(tensors, src, tag)->wait();
+  return std::make_unique<GlooPendingOp>(group_->recv(tensors, src, tag), tensor);
 }
 
 void GlooCommunicator::do_barrier() { group_->barrier()->wait(); }

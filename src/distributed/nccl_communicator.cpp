@@ -37,6 +37,19 @@ void require_cuda_contiguous(const torch::Tensor& t, const char* op) {
   TORCH_CHECK(t.is_contiguous(), "NCCL communicator: ", op, " needs a contiguous tensor");
 }
 
+// Later work queued on `to` waits for the work queued on `from` so far: the
+// streams are ordered on the device, and the host goes on.
+void order(cudaStream_t from, cudaStream_t to) {
+  cudaEvent_t done;
+  check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
+  check_cuda(cudaEventRecord(done, from), "cudaEventRecord");
+  check_cuda(cudaStreamWaitEvent(to, done, 0), "cudaStreamWaitEvent");
+  check_cuda(cudaEventDestroy(done), "cudaEventDestroy");  // released once it has fired
+}
+
+// LibTorch computes on the legacy default stream; ours are non-blocking.
+const cudaStream_t kCompute = cudaStreamLegacy;
+
 }  // namespace
 
 struct NcclCommunicator::State {
@@ -45,21 +58,32 @@ struct NcclCommunicator::State {
   cudaStream_t send_stream = nullptr;  // sends only
   int device = 0;
 
-  void run(const std::function<ncclResult_t(cudaStream_t)>& op, const char* what, cudaStream_t s) {
+  // Queues `op` on `s` behind the kernels that produce its data.
+  void enqueue(const std::function<ncclResult_t(cudaStream_t)>& op, const char* what, cudaStream_t s) {
     check_cuda(cudaSetDevice(device), "cudaSetDevice");
-    // LibTorch computes on the legacy default stream; our streams are
-    // non-blocking, so this waits for the data without waiting for a send.
-    check_cuda(cudaStreamSynchronize(cudaStreamLegacy), "waiting for the producing kernels");
+    order(kCompute, s);
     check_nccl(op(s), what);
+  }
+  // As enqueue, and LibTorch's later kernels wait for the result.
+  void run(const std::function<ncclResult_t(cudaStream_t)>& op, const char* what) {
+    enqueue(op, what, stream);
+    order(stream, kCompute);
   }
 };
 
 namespace {
 
-class NcclPendingSend : public PendingOp {
+// An operation queued on one of our streams. Waiting orders LibTorch's later
+// kernels after it (the host does not block) and releases the tensor it kept
+// alive, whose memory the caching allocator may then hand to those kernels.
+class NcclPendingOp : public PendingOp {
  public:
-  NcclPendingSend(cudaStream_t stream, torch::Tensor keep_alive) : stream_(stream), tensor_(std::move(keep_alive)) {}
-  void wait() override { check_cuda(cudaStreamSynchronize(stream_), "send"); }
+  NcclPendingOp(cudaStream_t stream, torch::Tensor keep_alive) : stream_(stream), tensor_(std::move(keep_alive)) {}
+  void wait() override {
+    if (!tensor_.defined()) return;
+    order(stream_, kCompute);
+    tensor_ = torch::Tensor();
+  }
 
  private:
   cudaStream_t stream_;
@@ -102,14 +126,27 @@ NcclCommunicator::~NcclCommunicator() {
   if (state_->send_stream) cudaStreamDestroy(state_->send_stream);
 }
 
+namespace {
+
+ncclRedOp_t nccl_op(ReduceOp op) { return op == ReduceOp::Max ? ncclMax : (op == ReduceOp::Avg ? ncclAvg : ncclSum); }
+
+}  // namespace
+
 void NcclCommunicator::do_all_reduce(torch::Tensor& tensor, ReduceOp op) {
   require_cuda_contiguous(tensor, "all_reduce");
-  const ncclRedOp_t nccl_op = op == ReduceOp::Max ? ncclMax : (op == ReduceOp::Avg ? ncclAvg : ncclSum);
   state_->run([&](cudaStream_t s) {
-    return ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), nccl_type(tensor), nccl_op,
+    return ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), nccl_type(tensor), nccl_op(op),
+                         state_->comm, s);
+  }, "ncclAllReduce");
+}
+
+std::unique_ptr<PendingOp> NcclCommunicator::do_all_reduce_async(torch::Tensor& tensor, ReduceOp op) {
+  require_cuda_contiguous(tensor, "all_reduce");
+  state_->enqueue([&](cudaStream_t s) {
+    return ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), nccl_type(tensor), nccl_op(op),
                          state_->comm, s);
   }, "ncclAllReduce", state_->stream);
-  check_cuda(cudaStreamSynchronize(state_->stream), "all_reduce");
+  return std::make_unique<NcclPendingOp>(state_->stream, tensor);
 }
 
 torch::Tensor NcclCommunicator::do_all_gather(const torch::Tensor& tensor, int64_t dim) {
@@ -120,8 +157,7 @@ torch::Tensor NcclCommunicator::do_all_gather(const torch::Tensor& tensor, int64
   torch::Tensor out = torch::empty(shape, input.options());
   state_->run([&](cudaStream_t s) {
     return ncclAllGather(input.data_ptr(), out.data_ptr(), input.numel(), nccl_type(input), state_->comm, s);
-  }, "ncclAllGather", state_->stream);
-  check_cuda(cudaStreamSynchronize(state_->stream), "all_gather");
+  }, "ncclAllGather");
   return torch::cat(out.unbind(0), dim);
 }
 
@@ -132,8 +168,7 @@ torch::Tensor NcclCommunicator::do_reduce_scatter(const torch::Tensor& tensor) {
   state_->run([&](cudaStream_t s) {
     return ncclReduceScatter(input.data_ptr(), out.data_ptr(), out.numel(), nccl_type(input), ncclSum,
                              state_->comm, s);
-  }, "ncclReduceScatter", state_->stream);
-  check_cuda(cudaStreamSynchronize(state_->stream), "reduce_scatter");
+  }, "ncclReduceScatter");
   return out;
 }
 
@@ -142,30 +177,30 @@ void NcclCommunicator::do_broadcast(torch::Tensor& tensor, int root) {
   state_->run([&](cudaStream_t s) {
     return ncclBroadcast(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), nccl_type(tensor), root,
                          state_->comm, s);
-  }, "ncclBroadcast", state_->stream);
-  check_cuda(cudaStreamSynchronize(state_->stream), "broadcast");
+  }, "ncclBroadcast");
 }
 
 std::unique_ptr<PendingOp> NcclCommunicator::do_isend(const torch::Tensor& tensor, int dst, int /*tag*/) {
   torch::Tensor payload = tensor.contiguous();
   require_cuda_contiguous(payload, "send");
-  state_->run([&](cudaStream_t s) {
+  state_->enqueue([&](cudaStream_t s) {
     return ncclSend(payload.data_ptr(), payload.numel(), nccl_type(payload), dst, state_->comm, s);
   }, "ncclSend", state_->send_stream);
-  return std::make_unique<NcclPendingSend>(state_->send_stream, payload);
+  return std::make_unique<NcclPendingOp>(state_->send_stream, payload);
 }
 
-void NcclCommunicator::do_recv(torch::Tensor& tensor, int src, int /*tag*/) {
+std::unique_ptr<PendingOp> NcclCommunicator::do_irecv(torch::Tensor& tensor, int src, int /*tag*/) {
   require_cuda_contiguous(tensor, "recv");
-  state_->run([&](cudaStream_t s) {
+  state_->enqueue([&](cudaStream_t s) {
     return ncclRecv(tensor.data_ptr(), tensor.numel(), nccl_type(tensor), src, state_->comm, s);
   }, "ncclRecv", state_->stream);
-  check_cuda(cudaStreamSynchronize(state_->stream), "recv");
+  return std::make_unique<NcclPendingOp>(state_->stream, tensor);
 }
 
 void NcclCommunicator::do_barrier() {
   torch::Tensor token = torch::zeros({1}, torch::TensorOptions().device(torch::kCUDA, state_->device));
   do_all_reduce(token, ReduceOp::Sum);
+  check_cuda(cudaStreamSynchronize(state_->stream), "barrier");  // the host waits too
 }
 
 }  // namespace minipretrain

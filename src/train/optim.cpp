@@ -2,6 +2,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include <torch/version.h>
+
 #include "minipretrain/train/adamw.h"
 #include "minipretrain/train/grad_clip.h"
 #include "minipretrain/train/lr_schedule.h"
@@ -33,16 +35,12 @@ void AdamW::step(double lr, const std::vector<torch::Tensor>& grads, double grad
   const float b1 = static_cast<float>(options_.beta1), b2 = static_cast<float>(options_.beta2);
   const float scale = static_cast<float>(grad_scale), step_size = static_cast<float>(lr / correction1);
   const float inv_sqrt_c2 = static_cast<float>(1.0 / std::sqrt(correction2)), eps = static_cast<float>(options_.eps);
+  if (!slots_.empty() && slots_.front().param.device().is_cuda()) {
+    step_on_device(lr, grads, grad_scale, step_size, inv_sqrt_c2);
+    return;
+  }
   for (size_t i = 0; i < slots_.size(); ++i) {
     Slot& s = slots_[i];
-    if (s.param.device().is_cuda()) {  // the same update in tensor ops
-      const torch::Tensor g = grads[i] * grad_scale;
-      if (s.decay && options_.weight_decay > 0) s.param.mul_(1.0 - lr * options_.weight_decay);
-      s.exp_avg.mul_(b1).add_(g, 1.0 - b1);
-      s.exp_avg_sq.mul_(b2).addcmul_(g, g, 1.0 - b2);
-      s.param.addcdiv_(s.exp_avg, s.exp_avg_sq.sqrt().mul_(inv_sqrt_c2).add_(eps), -step_size);
-      continue;
-    }
     float* p = floats(s.param, "a parameter");
     float* m = floats(s.exp_avg, "exp_avg");
     float* v = floats(s.exp_avg_sq, "exp_avg_sq");
@@ -61,6 +59,51 @@ void AdamW::step(double lr, const std::vector<torch::Tensor>& grads, double grad
   }
 }
 
+// The same update on CUDA. With LibTorch >= 2.1, PyTorch's fused AdamW
+// kernel (torch.optim.AdamW(fused=True)): one pass per tensor group, the
+// clipping factor applied as its gradient scale. Before, multi-tensor ops:
+// each runs over every parameter in a few launches, where one op per tensor
+// would launch ~10 per parameter.
+void AdamW::step_on_device(double lr, const std::vector<torch::Tensor>& grads, double grad_scale, double step_size,
+                           double inv_sqrt_c2) {
+  std::vector<torch::Tensor> params[2], exp_avg[2], exp_avg_sq[2], grad[2];  // [0]: decayed, [1]: not
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    const int group = slots_[i].decay ? 0 : 1;
+    params[group].push_back(slots_[i].param);
+    exp_avg[group].push_back(slots_[i].exp_avg);
+    exp_avg_sq[group].push_back(slots_[i].exp_avg_sq);
+    grad[group].push_back(grads[i]);
+  }
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+  (void)step_size, (void)inv_sqrt_c2;  // the kernel corrects its moments itself
+  const torch::TensorOptions fp32 = slots_.front().param.options().dtype(torch::kFloat);
+  const torch::Tensor step = torch::full({}, static_cast<float>(steps_), fp32);
+  c10::optional<torch::Tensor> unscale;  // the kernel divides each gradient by it
+  if (grad_scale != 1.0) unscale = torch::full({}, static_cast<float>(1.0 / grad_scale), fp32);
+  for (int group = 0; group < 2; ++group) {
+    if (params[group].empty()) continue;
+    const std::vector<torch::Tensor> steps(params[group].size(), step);
+    at::_fused_adamw_(params[group], grad[group], exp_avg[group], exp_avg_sq[group], {}, steps, lr, options_.beta1,
+                      options_.beta2, group == 0 ? options_.weight_decay : 0.0, options_.eps, /*amsgrad=*/false,
+                      /*maximize=*/false, unscale, c10::nullopt);
+  }
+#else
+  const double b1 = options_.beta1, b2 = options_.beta2;
+  for (int group = 0; group < 2; ++group) {
+    if (params[group].empty()) continue;
+    if (group == 0 && options_.weight_decay > 0) at::_foreach_mul_(params[0], 1.0 - lr * options_.weight_decay);
+    at::_foreach_mul_(exp_avg[group], b1);
+    at::_foreach_add_(exp_avg[group], grad[group], (1.0 - b1) * grad_scale);
+    at::_foreach_mul_(exp_avg_sq[group], b2);
+    at::_foreach_addcmul_(exp_avg_sq[group], grad[group], grad[group], (1.0 - b2) * grad_scale * grad_scale);
+    std::vector<torch::Tensor> denominator = at::_foreach_sqrt(exp_avg_sq[group]);
+    at::_foreach_mul_(denominator, inv_sqrt_c2);
+    at::_foreach_add_(denominator, options_.eps);
+    at::_foreach_addcdiv_(params[group], exp_avg[group], denominator, -step_size);
+  }
+#endif
+}
+
 LRSchedule::LRSchedule(double peak, double min_lr, double warmup_ratio, int64_t max_steps)
     : peak_(peak), min_lr_(min_lr), warmup_(std::llround(warmup_ratio * max_steps)), max_steps_(max_steps) {}
 
@@ -74,11 +117,12 @@ double global_grad_norm(const std::vector<torch::Tensor>& grads, const std::vect
                         Communicator& pp) {
   torch::NoGradGuard no_grad;
   double total = 0.0;
+  std::vector<torch::Tensor> on_device;
   for (size_t i = 0; i < grads.size(); ++i) {
     if (!counted[i]) continue;
     const torch::Tensor& grad = grads[i];
-    if (!grad.device().is_cpu()) {
-      total += grad.pow(2).sum(torch::kDouble).item<double>();
+    if (!grad.device().is_cpu()) {  // normed together on the device below
+      on_device.push_back(grad);
       continue;
     }
     const float* g = floats(grad, "a gradient");
@@ -96,6 +140,7 @@ double global_grad_norm(const std::vector<torch::Tensor>& grads, const std::vect
   }
   torch::Tensor sum_sq = torch::tensor({total}, torch::kDouble);
   if (!grads.empty()) sum_sq = sum_sq.to(grads.front().device());
+  if (!on_device.empty()) sum_sq.add_(torch::stack(at::_foreach_norm(on_device)).to(torch::kDouble).pow(2).sum());
   tp.all_reduce(sum_sq, ReduceOp::Sum);
   pp.all_reduce(sum_sq, ReduceOp::Sum);
   return std::sqrt(sum_sq.item<double>());

@@ -8,6 +8,7 @@
 #include "minipretrain/checkpoint/checkpoint.h"
 #include "minipretrain/checkpoint/hf_import.h"
 #include "minipretrain/config/faults.h"
+#include "minipretrain/distributed/stopwatch.h"
 #include "minipretrain/train/grad_clip.h"
 #include "minipretrain/train/stop_signals.h"
 #include "minipretrain/train/tensorboard.h"
@@ -107,7 +108,7 @@ Trainer::StepStats Trainer::train_step(int64_t step) {
   const FaultPlan& faults = FaultPlan::from_environment();
   faults.strike(FaultKind::Die, step, parallel_.rank());
   faults.strike(FaultKind::Hang, step, parallel_.rank());
-  const auto start = Clock::now();
+  const Stopwatch step_time(device_);
   const bool inject_nan = faults.fires(FaultKind::Nan, step, parallel_.rank());
   // As each gradient becomes final, its DP bucket may start (overlapping the
   // rest of backward); an injected NaN goes in before its bucket does.
@@ -119,11 +120,11 @@ Trainer::StepStats Trainer::train_step(int64_t step) {
   buckets_->begin();
   StepResult result = executor_->run(actions_, microbatches(*data_.train, sampler_->indices(step)));
   main_->finish_accumulation();
-  const auto dp_start = Clock::now();
+  const Stopwatch dp_time(device_);
   buckets_->finish(parallel_.dp());  // what the overlap did not hide
-  const double dp_seconds = seconds_since(dp_start);
+  const double dp_seconds = dp_time.seconds();
   if (step == 1 && !config_.train.dump_first_step.empty()) dump_first_step();
-  const auto optimizer_start = Clock::now();
+  const Stopwatch optimizer_time(device_);
   const double grad_norm = global_grad_norm(grads_, counted_in_norm_, parallel_.tp(), parallel_.pp());
   const Boundary boundary = agree_at_boundary(result.loss, grad_norm);
   const double lr = schedule_.at(step);
@@ -133,9 +134,9 @@ Trainer::StepStats Trainer::train_step(int64_t step) {
     optimizer_->step(lr, grads_, clip_factor(grad_norm, config_.train.grad_clip));
     main_->copy_to_model();
   }
-  const double optimizer_seconds = seconds_since(optimizer_start);
+  const double optimizer_seconds = optimizer_time.seconds();
 
-  const double seconds = seconds_since(start);
+  const double seconds = step_time.seconds();
   const double bubble = result.total_seconds > 0 ? 1.0 - result.busy_seconds() / result.total_seconds : 0.0;
   return {boundary, grad_norm, lr, seconds, bubble, result.forward_seconds, result.backward_seconds, dp_seconds,
           optimizer_seconds};

@@ -52,11 +52,33 @@ TEST(CudaNccl, OneRankCollectivesKeepTheirValues) {
   EXPECT_TRUE(torch::equal(b, x));
   c.barrier();
 
-  // bf16 goes over NCCL as bf16 and is counted so.
+  // bf16 reduces as bf16 (Gloo would widen it to fp32); a group of one
+  // counts its calls but no bytes.
   torch::Tensor h = x.to(torch::kBFloat16);
   c.all_reduce(h, ReduceOp::Sum);
   EXPECT_TRUE(torch::equal(h.to(torch::kFloat), x));
-  EXPECT_EQ(c.stats().at("all_reduce").bytes, 3 * 12 * 4 + 12 * 2);
+  EXPECT_EQ(c.stats().at("all_reduce").calls, 4);
+  EXPECT_EQ(c.stats().at("all_reduce").bytes, 0);  // a group of one moves nothing
+}
+
+// The host never waits for the device: the communicator's stream waits for
+// the kernels that produce its input, and LibTorch's later kernels for its
+// result. A slow producer (a large matmul) ahead of every operation would
+// expose a missing order as stale values.
+TEST(CudaNccl, OperationsWaitForTheirProducersAndTheirConsumersForThem) {
+  REQUIRE_GPUS(1);
+  SoloNccl nccl;
+  Communicator& c = nccl.comm;
+  const torch::Tensor a = torch::randn({4096, 4096}, on_gpu());
+  for (int i = 1; i <= 10; ++i) {
+    torch::Tensor x = a.mm(a).mul_(0).add_(i);
+    const torch::Tensor gathered = c.all_gather(x, 0);
+    torch::Tensor y = a.mm(a).mul_(0).add_(i);
+    c.all_reduce_async(y, ReduceOp::Sum)->wait();
+    const torch::Tensor after = y + 1;
+    EXPECT_TRUE(torch::equal(gathered, torch::full_like(x, i))) << "round " << i;
+    EXPECT_TRUE(torch::equal(after, torch::full_like(x, i + 1))) << "round " << i;
+  }
 }
 
 TEST(CudaNccl, TwoRanksOnTwoGpusReduceAndExchange) {

@@ -1,9 +1,10 @@
 // The collective and point-to-point operations the parallel code needs, over
 // one group of ranks. Backends: Gloo for CPU tensors, NCCL for CUDA tensors.
 //
-// Every operation blocks until its result is in place, except isend, which
-// returns a handle to wait on (pipeline stages must be able to send while the
-// peer is still busy). Ranks are ranks within this group. Every call is
+// Every operation blocks until its result is in place, except isend, irecv
+// and all_reduce_async, which return a handle to wait on (a pipeline stage
+// sends while its peer is still busy, and posts a receive before it computes
+// so that the transfer runs meanwhile). Ranks are ranks within this group. Every call is
 // counted with its payload bytes as sent and its time, per operation, for
 // tests, the step breakdown and debug logs.
 #pragma once
@@ -39,7 +40,7 @@ class PendingOp {
 struct OpStats {
   int64_t calls = 0;
   int64_t bytes = 0;      // as sent: bf16 travels as fp32 where the backend has no bf16
-  double seconds = 0.0;   // in the call (for isend: posting it)
+  double seconds = 0.0;   // in the call (isend: posting it; irecv: posting and waiting)
 };
 
 class Communicator {
@@ -60,8 +61,15 @@ class Communicator {
   torch::Tensor reduce_scatter(const torch::Tensor& tensor);
   void broadcast(torch::Tensor& tensor, int root);
   std::unique_ptr<PendingOp> isend(const torch::Tensor& tensor, int dst, int tag);
-  void recv(torch::Tensor& tensor, int src, int tag);
+  // `tensor` holds the data after wait(); until then it must stay untouched.
+  std::unique_ptr<PendingOp> irecv(const torch::Tensor& tensor, int src, int tag);
+  void recv(const torch::Tensor& tensor, int src, int tag) { irecv(tensor, src, tag)->wait(); }
   void barrier();
+  // Whether a receive posted early never holds up this rank's later
+  // operations on the group. Gloo runs each on its own; NCCL promises no
+  // concurrent progress, so there a receive posted before a send that the
+  // peer waits for could deadlock.
+  virtual bool receives_post_ahead() const { return true; }
 
   // Calls and bytes per operation name ("all_reduce", "send", ...).
   const std::map<std::string, OpStats>& stats() const { return stats_; }
@@ -77,7 +85,7 @@ class Communicator {
   virtual torch::Tensor do_reduce_scatter(const torch::Tensor& tensor) = 0;
   virtual void do_broadcast(torch::Tensor& tensor, int root) = 0;
   virtual std::unique_ptr<PendingOp> do_isend(const torch::Tensor& tensor, int dst, int tag) = 0;
-  virtual void do_recv(torch::Tensor& tensor, int src, int tag) = 0;
+  virtual std::unique_ptr<PendingOp> do_irecv(torch::Tensor& tensor, int src, int tag) = 0;
   virtual void do_barrier() = 0;
   // Gloo reduces no bf16: such tensors then travel as fp32.
   virtual bool has_bf16() const { return true; }
@@ -109,7 +117,7 @@ class SoloCommunicator : public Communicator {
   torch::Tensor do_reduce_scatter(const torch::Tensor& t) override { return t; }
   void do_broadcast(torch::Tensor&, int) override {}
   std::unique_ptr<PendingOp> do_isend(const torch::Tensor&, int, int) override;
-  void do_recv(torch::Tensor&, int, int) override;
+  std::unique_ptr<PendingOp> do_irecv(torch::Tensor&, int, int) override;
   void do_barrier() override {}
 };
 

@@ -29,7 +29,7 @@ class GlooCommunicator : public Communicator {
   torch::Tensor do_reduce_scatter(const torch::Tensor& tensor) override;
   void do_broadcast(torch::Tensor& tensor, int root) override;
   std::unique_ptr<PendingOp> do_isend(const torch::Tensor& tensor, int dst, int tag) override;
-  void do_recv(torch::Tensor& tensor, int src, int tag) override;
+  std::unique_ptr<PendingOp> do_irecv(torch::Tensor& tensor, int src, int tag) override;
   void do_barrier() override;
   bool has_bf16() const override { return false; }
 

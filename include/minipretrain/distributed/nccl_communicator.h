@@ -2,10 +2,13 @@
 // the CUDA toolkit with NCCL (MINIPRETRAIN_WITH_NCCL), also next to a CPU-only
 // LibTorch. Rank 0 creates the NCCL unique id and passes it through the store.
 //
-// Every operation first waits for LibTorch's stream, so that its kernels have
-// produced the data, then runs on a stream of its own and waits for it.
-// Sends run on a separate stream from everything else, so a pipeline stage's
-// pending send never blocks its next receive.
+// Every operation runs on a stream of its own, ordered by CUDA events after
+// the kernels LibTorch queued before it (they produce its data); LibTorch's
+// later kernels wait for a blocking operation's result, and for an
+// asynchronous one's once it is waited for. The host never waits for the
+// device (except in barrier), so collectives and transfers overlap compute
+// queued around them. Sends run on a separate stream from everything else, so
+// a pipeline stage's pending send never blocks its next receive.
 #pragma once
 
 #include <chrono>
@@ -24,14 +27,16 @@ class NcclCommunicator : public Communicator {
   NcclCommunicator(std::string name, const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
                    int device, std::chrono::milliseconds timeout);
   ~NcclCommunicator() override;
+  bool receives_post_ahead() const override { return false; }
 
  protected:
   void do_all_reduce(torch::Tensor& tensor, ReduceOp op) override;
+  std::unique_ptr<PendingOp> do_all_reduce_async(torch::Tensor& tensor, ReduceOp op) override;
   torch::Tensor do_all_gather(const torch::Tensor& tensor, int64_t dim) override;
   torch::Tensor do_reduce_scatter(const torch::Tensor& tensor) override;
   void do_broadcast(torch::Tensor& tensor, int root) override;
   std::unique_ptr<PendingOp> do_isend(const torch::Tensor& tensor, int dst, int tag) override;
-  void do_recv(torch::Tensor& tensor, int src, int tag) override;
+  std::unique_ptr<PendingOp> do_irecv(torch::Tensor& tensor, int src, int tag) override;
   void do_barrier() override;
 
  private:

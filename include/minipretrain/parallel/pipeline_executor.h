@@ -8,15 +8,22 @@
 // Sends are asynchronous and awaited at the end of the step, so a stage never
 // waits on a neighbour that is itself waiting to send: with receives as the
 // only blocking points, every schedule that simulate_pipeline() accepts is
-// deadlock-free.
+// deadlock-free. Receives are posted in action order, each as soon as the
+// action before its consumer starts, so a transfer runs while this stage
+// computes the action before; posting earlier changes no order of matching,
+// and at most two receive buffers exist at once. Where the backend does not
+// let a posted receive wait alongside later sends (NCCL), each is posted by
+// the action that needs it.
 //
 // A B action runs the backward with the linear layers' weight gradients
 // deferred (weight_gradients.h) and sends the input's gradient at once; its
 // W computes them.
 #pragma once
 
+#include <deque>
 #include <functional>
 #include <map>
+#include <optional>
 #include <vector>
 
 #include <torch/torch.h>
@@ -63,11 +70,24 @@ class PipelineExecutor {
   };
   Peer previous(int64_t chunk) const;
   Peer next(int64_t chunk) const;
+  torch::Device device() const { return stage_->activation_options().device(); }
   bool first_chunk(int64_t chunk) const { return stage_->is_first() && chunk == 0; }
   bool last_chunk(int64_t chunk) const { return stage_->is_last() && chunk == stage_->num_chunks() - 1; }
-  void forward(const Action& a, const std::vector<Microbatch>& microbatches, StepResult& result);
+  struct Transfer {
+    int peer;
+    int tag;
+  };
+  // What action `a` receives before it computes, if anything.
+  std::optional<Transfer> receive_of(const Action& a) const;
+  // Posts the receives of the actions up to `current` and of the next one
+  // after it that receives.
+  void post_receives(const std::vector<Action>& actions, size_t current);
+  // Waits for action `index`'s receive and returns its buffer.
+  torch::Tensor take_receive(size_t index);
+  void forward(const Action& a, const std::vector<Microbatch>& microbatches, torch::Tensor received,
+               StepResult& result);
   // A whole backward, or B (which defers the weight gradients).
-  void backward(const Action& a, StepResult& result);
+  void backward(const Action& a, torch::Tensor received, StepResult& result);
   void backward_weights(const Action& a, StepResult& result);
 
   std::shared_ptr<PipelineStage> stage_;
@@ -78,6 +98,13 @@ class PipelineExecutor {
   std::map<Key, std::pair<torch::Tensor, torch::Tensor>> in_flight_;
   std::map<Key, WeightGradients> deferred_;
   std::vector<std::unique_ptr<PendingOp>> sends_;
+  struct PostedReceive {
+    size_t action;  // index in the step's actions
+    torch::Tensor buffer;
+    std::unique_ptr<PendingOp> op;
+  };
+  std::deque<PostedReceive> receives_;  // in action order
+  size_t unposted_ = 0;                  // the first action not yet looked at for a receive
 };
 
 }  // namespace minipretrain

@@ -19,8 +19,9 @@ struct AdamWOptions {
   double weight_decay = 0.01;
 };
 
-// One pass over memory per parameter, multi-threaded: each element's update
-// reads its weight, gradient and moments once and writes them back once.
+// On the CPU, one pass over memory per parameter, multi-threaded: each
+// element's update reads its weight, gradient and moments once and writes
+// them back once. On CUDA, multi-tensor (foreach) ops over all parameters.
 class AdamW {
  public:
   // fp32 contiguous parameters (the master weights). Decay applies to those of
@@ -38,6 +39,10 @@ class AdamW {
   const torch::Tensor& exp_avg_sq(size_t i) const { return slots_.at(i).exp_avg_sq; }
 
  private:
+  // CUDA parameters: the same update in multi-tensor (foreach) ops.
+  void step_on_device(double lr, const std::vector<torch::Tensor>& grads, double grad_scale, double step_size,
+                      double inv_sqrt_c2);
+
   struct Slot {
     torch::Tensor param, exp_avg, exp_avg_sq;
     bool decay;
