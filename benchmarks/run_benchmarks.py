@@ -66,7 +66,7 @@ def flops_per_token(hidden=768, layers=12, vocab=32000, inter=3072, seq=512):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--build", default=os.path.join(ROOT, "build"))
-    parser.add_argument("--only", nargs="*", help="gemm small recompute pipeline dp")
+    parser.add_argument("--only", nargs="*", help="gemm small recompute pipeline dp startup")
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"],
                         help="of the recompute and dp runs (the pipeline runs are fp32); fp32 where the CPU emulates bf16")
     a = parser.parse_args()
@@ -142,6 +142,20 @@ def main():
             backward[schedule] = median(steps(out, 1), "backward_ms")
         print(f"Small M=2 fp32, 1 process x 1 thread: backward {backward['1f1b']:.0f} ms whole vs "
               f"{backward['zb-h1']:.0f} ms as B + W ({100 * backward['zb-h1'] / backward['1f1b']:.0f}%)")
+
+    if wanted("startup"):
+        # A rank's start-up against the whole model's: XL at its config's
+        # TP 4 x PP 4, each rank's share built alone in this one process
+        # (16 ranks at once would not fit 24 GB, nor would XL's whole state).
+        subprocess.run(["cmake", "--build", a.build, "--target", "minipretrain-startup"], check=True,
+                       stdout=subprocess.DEVNULL)
+        lines = subprocess.run([os.path.join(a.build, "minipretrain-startup"), os.path.join(ROOT, "configs", "xl.json"),
+                                "2"], check=True, capture_output=True, text=True).stdout.splitlines()
+        draws = [float(re.search(r"drawn in ([0-9.]+) s", line).group(1)) for line in lines[:-2]]
+        states = [float(re.search(r"AdamW state in ([0-9.]+) s", line).group(1)) for line in lines[:-2]]
+        print(f"XL TP 4 x PP 4, 2 threads: a rank builds and draws its share in {min(draws):.2f}-{max(draws):.2f} s "
+              f"(median {statistics.median(draws):.2f}), its gradient buffer and AdamW state in "
+              f"{min(states):.2f}-{max(states):.2f} s; {lines[-2]}; {lines[-1]}")
 
     if wanted("dp"):
         # One bucket of everything cannot start before backward ends: the

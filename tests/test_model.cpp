@@ -22,25 +22,6 @@ ModelConfig small_model() {
   return c;
 }
 
-// Rank `rank` of a TP group of 2 that never communicates: building and
-// initializing a stage asks only rank() and size().
-class ShapeOnlyGroup : public Communicator {
- public:
-  explicit ShapeOnlyGroup(int rank) : Communicator("tp", rank, 2) {}
-
- protected:
-  void do_all_reduce(torch::Tensor&, ReduceOp) override { unexpected(); }
-  torch::Tensor do_all_gather(const torch::Tensor&, int64_t) override { unexpected(); }
-  torch::Tensor do_reduce_scatter(const torch::Tensor&) override { unexpected(); }
-  void do_broadcast(torch::Tensor&, int) override { unexpected(); }
-  std::unique_ptr<PendingOp> do_isend(const torch::Tensor&, int, int) override { unexpected(); }
-  std::unique_ptr<PendingOp> do_irecv(torch::Tensor&, int, int) override { unexpected(); }
-  void do_barrier() override { unexpected(); }
-
- private:
-  [[noreturn]] static void unexpected() { throw std::logic_error("ShapeOnlyGroup cannot communicate"); }
-};
-
 Stage make_stage(const ModelConfig& c) {
   Stage stage(c, StagePosition{}, std::make_shared<SoloCommunicator>("tp"));
   stage->initialize(7);
@@ -152,7 +133,7 @@ TEST(Model, EachRankDrawsOnlyItsShardOfTheSameFullTensor) {
   const auto full = named_tensors(make_stage(c));
   for (int rank = 0; rank < 2; ++rank)
     for (int64_t stage = 0; stage < 2; ++stage) {
-      Stage shard(c, StagePosition::of({3, 1}, stage), std::make_shared<ShapeOnlyGroup>(rank));
+      Stage shard(c, StagePosition::of({3, 1}, stage), std::make_shared<ShapeOnlyCommunicator>("tp", rank, 2));
       shard->initialize(7);
       for (const auto& [name, t] : named_tensors(shard)) {
         const ShardSpec& spec = shard->tensors().at(name).spec;

@@ -237,6 +237,7 @@ TEST(PipelineParallel, ReceivesArePostedOneActionAhead) {
       EXPECT_LT(posts[k], waits[k]) << "action " << k;
       EXPECT_LT(waits[k], sends[k]) << "action " << k;
       if (k + 1 < actions.size()) {
+        EXPECT_GT(waits[k + 1], sends[k]) << "action " << k + 1 << "'s receive was awaited too early";
         if (ahead)
           EXPECT_LT(posts[k + 1], waits[k]) << "action " << k + 1 << "'s receive was not posted ahead";
         else

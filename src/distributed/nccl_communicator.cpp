@@ -78,14 +78,25 @@ namespace {
 // alive, whose memory the caching allocator may then hand to those kernels.
 class NcclPendingOp : public PendingOp {
  public:
-  NcclPendingOp(cudaStream_t stream, torch::Tensor keep_alive) : stream_(stream), tensor_(std::move(keep_alive)) {}
+  NcclPendingOp(int device, cudaStream_t stream, torch::Tensor keep_alive)
+      : device_(device), stream_(stream), tensor_(std::move(keep_alive)) {}
+  // Dropped unawaited (a step that failed half-way): its memory must still not
+  // go to kernels queued before the operation ends.
+  ~NcclPendingOp() override {
+    try {
+      wait();
+    } catch (const std::exception&) {  // the device is already failing; nothing better to do here
+    }
+  }
   void wait() override {
     if (!tensor_.defined()) return;
+    check_cuda(cudaSetDevice(device_), "cudaSetDevice");
     order(stream_, kCompute);
     tensor_ = torch::Tensor();
   }
 
  private:
+  int device_;
   cudaStream_t stream_;
   torch::Tensor tensor_;
 };
@@ -146,7 +157,7 @@ std::unique_ptr<PendingOp> NcclCommunicator::do_all_reduce_async(torch::Tensor& 
     return ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), nccl_type(tensor), nccl_op(op),
                          state_->comm, s);
   }, "ncclAllReduce", state_->stream);
-  return std::make_unique<NcclPendingOp>(state_->stream, tensor);
+  return std::make_unique<NcclPendingOp>(state_->device, state_->stream, tensor);
 }
 
 torch::Tensor NcclCommunicator::do_all_gather(const torch::Tensor& tensor, int64_t dim) {
@@ -186,7 +197,7 @@ std::unique_ptr<PendingOp> NcclCommunicator::do_isend(const torch::Tensor& tenso
   state_->enqueue([&](cudaStream_t s) {
     return ncclSend(payload.data_ptr(), payload.numel(), nccl_type(payload), dst, state_->comm, s);
   }, "ncclSend", state_->send_stream);
-  return std::make_unique<NcclPendingOp>(state_->send_stream, payload);
+  return std::make_unique<NcclPendingOp>(state_->device, state_->send_stream, payload);
 }
 
 std::unique_ptr<PendingOp> NcclCommunicator::do_irecv(torch::Tensor& tensor, int src, int /*tag*/) {
@@ -194,7 +205,7 @@ std::unique_ptr<PendingOp> NcclCommunicator::do_irecv(torch::Tensor& tensor, int
   state_->enqueue([&](cudaStream_t s) {
     return ncclRecv(tensor.data_ptr(), tensor.numel(), nccl_type(tensor), src, state_->comm, s);
   }, "ncclRecv", state_->stream);
-  return std::make_unique<NcclPendingOp>(state_->stream, tensor);
+  return std::make_unique<NcclPendingOp>(state_->device, state_->stream, tensor);
 }
 
 void NcclCommunicator::do_barrier() {

@@ -20,6 +20,7 @@ PipelineExecutor::Peer PipelineExecutor::next(int64_t chunk) const {
 StepResult PipelineExecutor::run(const std::vector<Action>& actions, const std::vector<Microbatch>& microbatches) {
   const Stopwatch step(device());
   StepResult result;
+  receives_.clear();  // none are left but by a step that failed half-way
   unposted_ = 0;
   for (size_t i = 0; i < actions.size(); ++i) {
     const Action& a = actions[i];

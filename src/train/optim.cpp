@@ -61,7 +61,8 @@ void AdamW::step(double lr, const std::vector<torch::Tensor>& grads, double grad
 
 // The same update on CUDA. With LibTorch >= 2.1, PyTorch's fused AdamW
 // kernel (torch.optim.AdamW(fused=True)): one pass per tensor group, the
-// clipping factor applied as its gradient scale. Before, multi-tensor ops:
+// clipping factor applied as its gradient scale (the kernel writes the
+// clipped gradients back; nothing reads them before the next zero_grad). Before, multi-tensor ops:
 // each runs over every parameter in a few launches, where one op per tensor
 // would launch ~10 per parameter.
 void AdamW::step_on_device(double lr, const std::vector<torch::Tensor>& grads, double grad_scale, double step_size,

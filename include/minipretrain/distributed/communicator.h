@@ -121,4 +121,25 @@ class SoloCommunicator : public Communicator {
   void do_barrier() override {}
 };
 
+// Rank `rank` of a group of `size` that is never asked to communicate: every
+// operation throws. Building and drawing a stage asks only rank() and size(),
+// so tools that build one rank's share of a layout in a single process (the
+// start-up benchmark, tests) stand it in for the real group.
+class ShapeOnlyCommunicator : public Communicator {
+ public:
+  ShapeOnlyCommunicator(std::string name, int rank, int size) : Communicator(std::move(name), rank, size) {}
+
+ protected:
+  void do_all_reduce(torch::Tensor&, ReduceOp) override { refuse(); }
+  torch::Tensor do_all_gather(const torch::Tensor&, int64_t) override { refuse(); }
+  torch::Tensor do_reduce_scatter(const torch::Tensor&) override { refuse(); }
+  void do_broadcast(torch::Tensor&, int) override { refuse(); }
+  std::unique_ptr<PendingOp> do_isend(const torch::Tensor&, int, int) override { refuse(); }
+  std::unique_ptr<PendingOp> do_irecv(torch::Tensor&, int, int) override { refuse(); }
+  void do_barrier() override { refuse(); }
+
+ private:
+  [[noreturn]] void refuse() const { throw std::logic_error(name() + ": a shape-only group cannot communicate"); }
+};
+
 }  // namespace minipretrain

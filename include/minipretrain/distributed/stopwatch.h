@@ -1,15 +1,22 @@
 // Seconds of work on the host or on a device. CUDA kernels run after their
-// launch has returned, so on a CUDA device the stopwatch waits for the device
-// when it starts and when it is read: a phase is timed by the kernels it ran,
-// not by how long launching them took. The waits cost the overlap of the next
-// phase's first launches with this phase's last kernels, microseconds per
-// phase, and make the step breakdown add up on GPUs as it does on CPUs.
+// launch has returned, so on a CUDA device the stopwatch waits for LibTorch's
+// stream when it starts and when it is read: a phase is timed by the kernels
+// it ran, not by how long launching them took. The waits cost the overlap of
+// the next phase's first launches with this phase's last kernels,
+// microseconds per phase, and make the step breakdown add up on GPUs as it
+// does on CPUs. Only LibTorch's stream: waiting for the whole device would
+// also wait for the communicators' streams, i.e. for a neighbour to take a
+// pipeline send, which can deadlock interleaved schedules.
 #pragma once
 
 #include <chrono>
 
 #include <torch/cuda.h>
 #include <torch/torch.h>
+
+#ifdef MINIPRETRAIN_WITH_NCCL
+#include <cuda_runtime_api.h>
+#endif
 
 namespace minipretrain {
 
@@ -27,7 +34,12 @@ class Stopwatch {
  private:
   using Clock = std::chrono::steady_clock;
   void settle() const {
-    if (device_.is_cuda()) torch::cuda::synchronize(device_.index());
+    if (!device_.is_cuda()) return;
+#ifdef MINIPRETRAIN_WITH_NCCL
+    cudaStreamSynchronize(cudaStreamLegacy);  // LibTorch computes on the legacy default stream
+#else
+    torch::cuda::synchronize(device_.index());  // without NCCL there are no other streams
+#endif
   }
   torch::Device device_;
   Clock::time_point start_;
