@@ -5,7 +5,10 @@
 namespace minipretrain {
 
 PipelineExecutor::PipelineExecutor(std::shared_ptr<PipelineStage> stage, Communicator& pp, std::vector<int64_t> activation_shape)
-    : stage_(std::move(stage)), pp_(pp), activation_shape_(std::move(activation_shape)) {}
+    : stage_(std::move(stage)),
+      pp_(pp),
+      activation_shape_(std::move(activation_shape)),
+      device_(stage_->activation_options().device()) {}
 
 PipelineExecutor::Peer PipelineExecutor::previous(int64_t chunk) const {
   const int rank = static_cast<int>(stage_->index());
@@ -18,7 +21,7 @@ PipelineExecutor::Peer PipelineExecutor::next(int64_t chunk) const {
 }
 
 StepResult PipelineExecutor::run(const std::vector<Action>& actions, const std::vector<Microbatch>& microbatches) {
-  const Stopwatch step(device());
+  const Stopwatch step(device_);
   StepResult result;
   receives_.clear();  // none are left but by a step that failed half-way
   unposted_ = 0;
@@ -87,7 +90,7 @@ void PipelineExecutor::forward(const Action& a, const std::vector<Microbatch>& m
   const int64_t m = a.microbatch, c = a.chunk;
   torch::Tensor input = microbatches.at(m).input_ids;
   if (!first_chunk(c)) input = received.requires_grad_(torch::GradMode::is_enabled());
-  const Stopwatch compute(device());
+  const Stopwatch compute(device_);
   torch::Tensor output = stage_->forward(input, c);
   if (last_chunk(c)) {
     if (on_logits) on_logits(m, output.detach());
@@ -106,7 +109,7 @@ void PipelineExecutor::backward(const Action& a, torch::Tensor received, StepRes
   const Key key{a.chunk, a.microbatch};
   auto [input, output] = in_flight_.at(key);
   in_flight_.erase(key);
-  const Stopwatch compute(device());
+  const Stopwatch compute(device_);
   if (a.kind == Action::Backward)
     output.backward(received);
   else
@@ -120,7 +123,7 @@ void PipelineExecutor::backward(const Action& a, torch::Tensor received, StepRes
 
 void PipelineExecutor::backward_weights(const Action& a, StepResult& result) {
   const Key key{a.chunk, a.microbatch};
-  const Stopwatch compute(device());
+  const Stopwatch compute(device_);
   deferred_.at(key).compute();
   deferred_.erase(key);
   result.backward_seconds += compute.seconds();

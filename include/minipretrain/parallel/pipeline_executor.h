@@ -70,7 +70,6 @@ class PipelineExecutor {
   };
   Peer previous(int64_t chunk) const;
   Peer next(int64_t chunk) const;
-  torch::Device device() const { return stage_->activation_options().device(); }
   bool first_chunk(int64_t chunk) const { return stage_->is_first() && chunk == 0; }
   bool last_chunk(int64_t chunk) const { return stage_->is_last() && chunk == stage_->num_chunks() - 1; }
   struct Transfer {
@@ -93,6 +92,7 @@ class PipelineExecutor {
   std::shared_ptr<PipelineStage> stage_;
   Communicator& pp_;
   std::vector<int64_t> activation_shape_;
+  torch::Device device_;  // the stage's, read once: asking the stage walks its parameters
   // Per chunk and microbatch in flight: the chunk's input (for its gradient)
   // and output; after B, the weight gradients it deferred.
   std::map<Key, std::pair<torch::Tensor, torch::Tensor>> in_flight_;
