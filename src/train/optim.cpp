@@ -62,9 +62,9 @@ void AdamW::step(double lr, const std::vector<torch::Tensor>& grads, double grad
 // The same update on CUDA. With LibTorch >= 2.1, PyTorch's fused AdamW
 // kernel (torch.optim.AdamW(fused=True)): one pass per tensor group, the
 // clipping factor applied as its gradient scale (the kernel writes the
-// clipped gradients back; nothing reads them before the next zero_grad). Before, multi-tensor ops:
-// each runs over every parameter in a few launches, where one op per tensor
-// would launch ~10 per parameter.
+// clipped gradients back; nothing reads them before the next zero_grad).
+// Before 2.1, multi-tensor ops: each runs over every parameter in a few
+// launches, where one op per tensor would launch ~10 per parameter.
 void AdamW::step_on_device(double lr, const std::vector<torch::Tensor>& grads, double grad_scale, double step_size,
                            double inv_sqrt_c2) {
   std::vector<torch::Tensor> params[2], exp_avg[2], exp_avg_sq[2], grad[2];  // [0]: decayed, [1]: not
