@@ -163,7 +163,11 @@ TEST(HfExport, TensorAndPipelineParallelCheckpointExportsLikeOneProcess) {
   for (const auto& [name, t] : a) {
     ASSERT_TRUE(b.count(name)) << name;
     ASSERT_EQ(b.at(name).sizes(), t.sizes()) << name;
-    EXPECT_LE(relative_error(b.at(name), t), 1e-5) << name;
+    // Two AdamW steps amplify summation-order differences in a gradient that
+    // nearly cancels into a learning-rate-sized difference of one element: over
+    // seeds 1-7 and 1234 this measured 2e-6 to 1.6e-5 (2026-11-26). A lost
+    // shard or a missing reduction is off by 1e-2 or more.
+    EXPECT_LE(relative_error(b.at(name), t), 5e-5) << name;
   }
   EXPECT_EQ(b.at("lm_head.weight").sizes().vec(), (std::vector<int64_t>{95, 64}));
   EXPECT_EQ(b.at("model.embed_tokens.weight").sizes().vec(), (std::vector<int64_t>{95, 64}));

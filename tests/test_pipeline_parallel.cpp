@@ -192,7 +192,10 @@ TEST(PipelineParallel, NewSchedulesWithDataAndTensorParallel) {
     if (schedule == "interleaved-1f1b") args.insert(args.end(), {"--virtual-pipeline-stages", "2"});
     expect_all_succeeded(run_ranks(8, args));
     expect_same_losses(base, out, kSteps, 1e-5);
-    expect_same_weights(base, out, 1e-4);
+    // After 10 AdamW steps one weight element whose gradient nearly cancels
+    // can differ by a few % of a step: with interleaving, seeds 1-7 and 1234
+    // measured 6e-6 to 1.7e-4, the largest all in one element (2026-11-26).
+    expect_same_weights(base, out, 5e-4);
   }
 }
 

@@ -1,7 +1,9 @@
 #include "minipretrain/model/stage.h"
 
+#include <algorithm>
 #include <cmath>
 
+#include "minipretrain/model/normal_stream.h"
 #include "minipretrain/model/recompute.h"
 #include "minipretrain/parallel/cross_entropy.h"
 #include "minipretrain/parallel/regions.h"
@@ -23,13 +25,6 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-uint64_t mix(uint64_t x) {  // splitmix64's finalizer
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
-
 // Llama-style init: N(0, std) everywhere, the projections that write into the
 // residual stream scaled by 1/sqrt(2 * layers) (GPT-2), norm weights one.
 double initial_std(const std::string& name, const ModelConfig& c) {
@@ -39,33 +34,31 @@ double initial_std(const std::string& name, const ModelConfig& c) {
   return std;
 }
 
-// A full random matrix is drawn in tiles of kTile rows, or of kTile columns
-// when it is sharded by columns, each tile from its own generator seeded by
-// (seed, name, tile). So the full tensor depends on (seed, name) only, yet a
-// rank draws just the tiles its shard overlaps: start-up shrinks with TP and PP.
-constexpr int64_t kTile = 64;
+// A full random matrix is drawn in lines: rows, or columns when it is
+// sharded by columns (the other dimension is never sharded). Each line is its
+// own NormalStream seeded by (seed, name, line index), so the full tensor
+// depends on (seed, name) only, yet a rank draws just its shard's lines,
+// straight into its slot: start-up shrinks with TP and PP.
+constexpr int64_t kLinesPerJob = 64;
 
-struct TileJob {
-  torch::Tensor out;  // this rank's slot
-  const ShardSpec* spec;
-  uint64_t seed;      // of the tensor; the tile index is mixed in
-  double std;
-  int64_t tile;
+struct LineJob {
+  torch::Tensor out;    // this rank's slot
+  int64_t along;        // the dimension lines are counted along
+  int64_t first_line;   // the slot's first line in the full tensor
+  int64_t begin, end;   // the slot's lines this job draws
+  uint64_t seed;        // of the tensor; the line index is mixed in
+  float scale;          // the standard deviation
 };
 
-void draw_tile(const TileJob& job) {
-  const ShardSpec& spec = *job.spec;
-  const int64_t along = spec.dim == 1 ? 1 : 0, across = 1 - along;
-  const int64_t length = spec.full_shape[along], width = spec.full_shape[across];
-  const int64_t begin = job.tile * kTile, end = std::min(begin + kTile, length);
-  const int64_t local_begin = spec.dim == along ? spec.offset : 0;
-  const int64_t local_end = std::min(local_begin + job.out.size(along), length);
-  const int64_t a = std::max(begin, local_begin), b = std::min(end, local_end);
-  if (a >= b) return;
-  auto generator = at::detail::createCPUGenerator(mix(job.seed ^ mix(static_cast<uint64_t>(job.tile))));
-  torch::Tensor tile = torch::randn({end - begin, width}, generator).mul_(job.std);
-  if (along == 1) tile = tile.t();
-  job.out.narrow(along, a - local_begin, b - a).copy_(tile.narrow(along, a - begin, b - a));
+void draw_lines(const LineJob& job) {
+  float* data = job.out.data_ptr<float>();
+  const int64_t line_stride = job.out.stride(job.along), step = job.out.stride(1 - job.along);
+  const int64_t width = job.out.size(1 - job.along);
+  for (int64_t line = job.begin; line < job.end; ++line) {
+    NormalStream normal(mix64(job.seed ^ mix64(static_cast<uint64_t>(job.first_line + line))));
+    float* out = data + line * line_stride;
+    for (int64_t i = 0; i < width; ++i) out[i * step] = job.scale * normal.next();
+  }
 }
 
 }  // namespace
@@ -122,21 +115,28 @@ StageImpl::StageImpl(const ModelConfig& c, StagePosition position, std::shared_p
 void StageImpl::initialize(int64_t seed) {
   torch::NoGradGuard no_grad;
   const auto parameters = named_parameters();
-  std::vector<TileJob> jobs;
+  std::vector<LineJob> jobs;
   for (const auto& [name, slot] : tensors_) {
     torch::Tensor out = slot.of(parameters[slot.parameter]);
     if (ends_with(name, "norm.weight")) {
       out.fill_(1.0);
       continue;
     }
-    out.zero_();  // TP padding rows stay zero
     const int64_t along = slot.spec.dim == 1 ? 1 : 0;
-    const uint64_t tensor_seed = mix(static_cast<uint64_t>(seed) ^ hash_name(name));
-    for (int64_t t = 0; t * kTile < slot.spec.full_shape[along]; ++t)
-      jobs.push_back({out, &slot.spec, tensor_seed, initial_std(name, config_), t});
+    TORCH_CHECK(out.scalar_type() == torch::kFloat && out.device().is_cpu() && out.dim() == 2 &&
+                    out.size(1 - along) == slot.spec.full_shape[1 - along],
+                "initialize: ", name, " is not an fp32 CPU matrix holding whole lines");
+    const int64_t first_line = slot.spec.dim == along ? slot.spec.offset : 0;
+    const int64_t lines = out.size(along);
+    const int64_t drawn = std::clamp<int64_t>(slot.spec.full_shape[along] - first_line, 0, lines);
+    if (drawn < lines) out.narrow(along, drawn, lines - drawn).zero_();  // TP padding stays zero
+    const uint64_t tensor_seed = mix64(static_cast<uint64_t>(seed) ^ hash_name(name));
+    const auto scale = static_cast<float>(initial_std(name, config_));
+    for (int64_t begin = 0; begin < drawn; begin += kLinesPerJob)
+      jobs.push_back({out, along, first_line, begin, std::min(begin + kLinesPerJob, drawn), tensor_seed, scale});
   }
   at::parallel_for(0, static_cast<int64_t>(jobs.size()), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) draw_tile(jobs[i]);
+    for (int64_t i = begin; i < end; ++i) draw_lines(jobs[i]);
   });
 }
 
