@@ -30,3 +30,4 @@ message(STATUS "minipretrain: NCCL communicator ${MINIPRETRAIN_WITH_NCCL}")
 # SentencePiece (Debian's libsentencepiece-dev), for minipretrain-text only.
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(SENTENCEPIECE REQUIRED IMPORTED_TARGET sentencepiece)
+pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)  # checkpoint hashes

@@ -10,6 +10,7 @@ packages=(
   libopenblas0-openmp     # without it LibTorch falls back to the ~8 GFLOP/s reference BLAS
   libcli11-dev libspdlog-dev nlohmann-json3-dev libgtest-dev
   libsentencepiece-dev sentencepiece
+  libxxhash-dev           # checkpoint hashes (XXH3)
   openmpi-bin libopenmpi-dev
   python3-matplotlib      # scripts/plot_metrics.py
 )

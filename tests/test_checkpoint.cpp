@@ -31,7 +31,7 @@ TEST(Safetensors, RoundTripsWithTheDocumentedLayout) {
   SafetensorsFile file = read_safetensors(path);
   EXPECT_TRUE(torch::equal(file.tensors.at("a"), a));
   EXPECT_TRUE(torch::equal(file.tensors.at("b"), b));
-  EXPECT_EQ(file.fnv1a, hash);
+  EXPECT_EQ(file.hash, hash);
   EXPECT_EQ(file.metadata.at("format"), "pt");
 }
 

@@ -153,12 +153,17 @@ nlohmann::json read_json_file(const std::string& path) {
   }
 }
 
+std::pair<FileHash, uint64_t> recorded_hash(const nlohmann::json& shard_index) {
+  const FileHash kind = shard_index.contains(hash_key(FileHash::kFnv1a)) ? FileHash::kFnv1a : FileHash::kXxh3;
+  return {kind, shard_index.value(hash_key(kind), uint64_t{0})};
+}
+
 void write_named_shard(const std::string& path_prefix, const std::map<std::string, torch::Tensor>& tensors,
                        const std::map<std::string, ShardSpec>& specs) {
   std::vector<std::pair<std::string, torch::Tensor>> ordered(tensors.begin(), tensors.end());
   const auto [bytes, hash] = write_safetensors(path_prefix + ".safetensors", ordered);
   sync_to_disk(path_prefix + ".safetensors");
-  nlohmann::json index = {{"bytes", bytes}, {"fnv1a", hash}, {"specs", nlohmann::json::object()}};
+  nlohmann::json index = {{"bytes", bytes}, {hash_key(FileHash::kXxh3), hash}, {"specs", nlohmann::json::object()}};
   for (const auto& [name, spec] : specs) index["specs"][name] = to_json(spec);
   write_file_durably(path_prefix + ".json", index.dump() + "\n");
 }
@@ -166,13 +171,14 @@ void write_named_shard(const std::string& path_prefix, const std::map<std::strin
 std::map<std::string, torch::Tensor> read_named_shard(const std::string& path_prefix,
                                                       std::map<std::string, ShardSpec>* specs) {
   const nlohmann::json index = read_json_file(path_prefix + ".json");
+  const auto [kind, hash] = recorded_hash(index);
   SafetensorsFile file;
   try {
-    file = read_safetensors(path_prefix + ".safetensors");
+    file = read_safetensors(path_prefix + ".safetensors", kind);
   } catch (const SafetensorsError& e) {
     throw CheckpointError(e.what());
   }
-  if (file.bytes != index.value("bytes", uint64_t{0}) || file.fnv1a != index.value("fnv1a", uint64_t{0}))
+  if (file.bytes != index.value("bytes", uint64_t{0}) || file.hash != hash)
     throw CheckpointError(path_prefix + ".safetensors is corrupt: its size or hash does not match " + path_prefix +
                           ".json");
   if (specs)

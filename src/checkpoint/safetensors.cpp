@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include <nlohmann/json.hpp>
+#include <xxhash.h>
 
 namespace minipretrain {
 namespace {
@@ -22,18 +23,40 @@ std::string dtype_name(torch::ScalarType type) {
   throw std::runtime_error(std::string("safetensors: unsupported dtype ") + c10::toString(type));
 }
 
-// FNV-1a, fed in pieces as the file streams by.
-struct Fnv1a {
-  uint64_t value = 1469598103934665603ULL;
-  void update(const char* data, size_t n) {
-    for (size_t i = 0; i < n; ++i) {
-      value ^= static_cast<unsigned char>(data[i]);
-      value *= 1099511628211ULL;
+// A file's hash, fed in pieces as the file streams by.
+class StreamHash {
+ public:
+  explicit StreamHash(FileHash kind) : kind_(kind) {
+    if (kind_ == FileHash::kXxh3) {
+      xxh3_ = XXH3_createState();
+      if (!xxh3_ || XXH3_64bits_reset(xxh3_) != XXH_OK) throw std::runtime_error("XXH3: cannot start a hash");
     }
   }
+  ~StreamHash() { XXH3_freeState(xxh3_); }
+  StreamHash(const StreamHash&) = delete;
+  StreamHash& operator=(const StreamHash&) = delete;
+
+  void update(const char* data, size_t n) {
+    if (kind_ == FileHash::kXxh3) {
+      XXH3_64bits_update(xxh3_, data, n);
+      return;
+    }
+    for (size_t i = 0; i < n; ++i) {
+      fnv1a_ ^= static_cast<unsigned char>(data[i]);
+      fnv1a_ *= 1099511628211ULL;
+    }
+  }
+  uint64_t value() const { return kind_ == FileHash::kXxh3 ? XXH3_64bits_digest(xxh3_) : fnv1a_; }
+
+ private:
+  FileHash kind_;
+  XXH3_state_t* xxh3_ = nullptr;
+  uint64_t fnv1a_ = 1469598103934665603ULL;
 };
 
 }  // namespace
+
+const char* hash_key(FileHash kind) { return kind == FileHash::kXxh3 ? "xxh3" : "fnv1a"; }
 
 std::pair<uint64_t, uint64_t> write_safetensors(const std::string& path,
                                                 const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
@@ -52,7 +75,7 @@ std::pair<uint64_t, uint64_t> write_safetensors(const std::string& path,
 
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out) throw std::runtime_error("cannot write " + path);
-  Fnv1a hash;
+  StreamHash hash(FileHash::kXxh3);
   auto put = [&](const char* data, size_t n) {
     out.write(data, static_cast<std::streamsize>(n));
     hash.update(data, n);
@@ -67,7 +90,7 @@ std::pair<uint64_t, uint64_t> write_safetensors(const std::string& path,
   }
   out.flush();
   if (!out) throw std::runtime_error("cannot write " + path + " (disk full?)");
-  return {8 + length + offset, hash.value};
+  return {8 + length + offset, hash.value()};
 }
 
 namespace {
@@ -111,7 +134,7 @@ SafetensorsIndex parse_index(const std::string& path, const std::string& text, u
   return index;
 }
 
-uint64_t read_header_length(std::istream& in, const std::string& path, uint64_t file_bytes, Fnv1a* hash) {
+uint64_t read_header_length(std::istream& in, const std::string& path, uint64_t file_bytes, StreamHash* hash) {
   char bytes[8];
   in.read(bytes, 8);
   if (in.gcount() != 8) throw SafetensorsError(path + " is truncated");
@@ -131,12 +154,12 @@ uint64_t size_of(const std::string& path) {
 
 }  // namespace
 
-SafetensorsFile read_safetensors(const std::string& path) {
+SafetensorsFile read_safetensors(const std::string& path, FileHash kind) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw SafetensorsError("cannot read " + path);
   SafetensorsFile file;
   file.bytes = size_of(path);
-  Fnv1a hash;
+  StreamHash hash(kind);
   auto get = [&](char* data, size_t n) {
     in.read(data, static_cast<std::streamsize>(n));
     if (static_cast<size_t>(in.gcount()) != n) throw SafetensorsError(path + " is truncated");
@@ -161,7 +184,7 @@ SafetensorsFile read_safetensors(const std::string& path) {
     in.read(rest.data(), static_cast<std::streamsize>(rest.size()));
     hash.update(rest.data(), static_cast<size_t>(in.gcount()));
   }
-  file.fnv1a = hash.value;
+  file.hash = hash.value();
   return file;
 }
 
@@ -187,16 +210,16 @@ torch::Tensor read_safetensors_tensor(const SafetensorsIndex& index, const std::
   return t;
 }
 
-uint64_t safetensors_fnv1a(const std::string& path) {
+uint64_t hash_file(const std::string& path, FileHash kind) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw SafetensorsError("cannot read " + path);
-  Fnv1a hash;
+  StreamHash hash(kind);
   std::vector<char> buffer(1 << 20);
   while (in) {
     in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
     hash.update(buffer.data(), static_cast<size_t>(in.gcount()));
   }
-  return hash.value;
+  return hash.value();
 }
 
 }  // namespace minipretrain

@@ -57,7 +57,7 @@ TensorSource TensorSource::from_checkpoint(const std::string& dir) {
     const nlohmann::json index = read_json_file(json_path.string());
     fs::path tensors_path = json_path;
     tensors_path.replace_extension(".safetensors");
-    File file{index_of(tensors_path), index.value("fnv1a", uint64_t{0}), false};
+    File file{index_of(tensors_path), recorded_hash(index), false};
     if (std::filesystem::file_size(tensors_path) != index.value("bytes", uint64_t{0}))
       throw CheckpointError(tensors_path.string() + " is corrupt: its size does not match " + json_path.string());
     std::map<std::string, ShardSpec> specs;
@@ -114,7 +114,7 @@ TensorSource TensorSource::from_hugging_face(const std::string& dir, const std::
 torch::Tensor TensorSource::read_piece(const Piece& piece) {
   File& file = files_[piece.file];
   if (!file.checked) {
-    if (file.fnv1a && safetensors_fnv1a(file.index.path) != *file.fnv1a)
+    if (file.hash && hash_file(file.index.path, file.hash->first) != file.hash->second)
       throw CheckpointError(file.index.path + " is corrupt: its hash does not match its .json");
     file.checked = true;
   }

@@ -3,7 +3,7 @@
 //   shard-tp0-pp0.safetensors  one per (TP, PP) position: that rank's named state,
 //                           the fp32 weights ("model/<name>") and optimizer state
 //                           ("optim/exp_avg.<name>", ...)
-//   shard-tp0-pp0.json      each tensor's ShardSpec, the file's size and FNV-1a hash
+//   shard-tp0-pp0.json      each tensor's ShardSpec, the file's size and XXH3 hash
 // DP replicas hold equal state, so only DP rank 0 writes. Everything is written
 // under checkpoint-...tmp, flushed to disk (fsync, files then directory), and
 // renamed once every shard is there, meta.json last: a kill -9 at any moment
@@ -18,9 +18,11 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include <torch/torch.h>
 
+#include "minipretrain/checkpoint/safetensors.h"
 #include "minipretrain/config/config.h"
 #include "minipretrain/distributed/parallel_state.h"
 #include "minipretrain/parallel/shard.h"
@@ -73,6 +75,10 @@ void write_file_durably(const std::string& path, const std::string& text);
 // A JSON file of a checkpoint (meta.json, a shard's index); throws
 // CheckpointError naming the file when it cannot be read or parsed.
 nlohmann::json read_json_file(const std::string& path);
+
+// The kind and value of the hash a shard's index records for its .safetensors
+// (XXH3, or FNV-1a in checkpoints written before 2026-11-26).
+std::pair<FileHash, uint64_t> recorded_hash(const nlohmann::json& shard_index);
 
 // Named tensors of one rank, with their specs, written and read in the shard
 // format above (also used for --dump-first-step).

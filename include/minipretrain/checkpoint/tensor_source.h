@@ -44,7 +44,7 @@ class TensorSource {
   };
   struct File {
     SafetensorsIndex index;
-    std::optional<uint64_t> fnv1a;  // expected hash, when the source records one
+    std::optional<std::pair<FileHash, uint64_t>> hash;  // expected, when the source records one
     bool checked = false;
   };
   torch::Tensor read_piece(const Piece& piece);
