@@ -1,22 +1,42 @@
-# Finds every library minipretrain builds against. All come from Debian 12's
-# packages (scripts/install_deps.sh); a CUDA build of LibTorch can be chosen
-# with -DCMAKE_PREFIX_PATH=$(python -c 'import torch; print(torch.utils.cmake_prefix_path)').
+# Finds every library minipretrain builds against (scripts/install_deps.sh
+# installs them): LibTorch from the pinned torch wheel in .venv, which
+# scripts/build.sh passes as -DCMAKE_PREFIX_PATH=$(python -c 'import torch;
+# print(torch.utils.cmake_prefix_path)'); everything else from Debian 12.
 
+# LibTorch's config searches the system for c10 before its own folder: a
+# Debian libtorch-dev on the machine would be linked beside the wheel's.
+find_library(C10_LIBRARY c10 PATHS ${CMAKE_PREFIX_PATH} PATH_SUFFIXES ../../lib NO_DEFAULT_PATH)
 find_package(Torch REQUIRED)
+if(Torch_VERSION VERSION_LESS 2.15)
+  message(FATAL_ERROR "minipretrain needs LibTorch >= 2.15 (found ${Torch_VERSION}); "
+                      "scripts/install_deps.sh installs the pinned torch into .venv")
+endif()
 find_package(CLI11 REQUIRED)
 find_package(spdlog REQUIRED)
+# The torch wheel ships fmt 12 among its headers; it would shadow Debian's fmt 9,
+# which Debian's spdlog is built with (spdlog's headers then fail to compile).
+# A folder holding only a link to Debian's fmt goes first on the include path.
+find_package(fmt REQUIRED)
+get_target_property(_fmt_include fmt::fmt INTERFACE_INCLUDE_DIRECTORIES)
+list(GET _fmt_include 0 _fmt_include)
+set(MINIPRETRAIN_FMT_FIRST ${CMAKE_BINARY_DIR}/fmt-first)
+file(MAKE_DIRECTORY ${MINIPRETRAIN_FMT_FIRST})
+file(CREATE_LINK ${_fmt_include}/fmt ${MINIPRETRAIN_FMT_FIRST}/fmt SYMBOLIC)
 find_package(nlohmann_json REQUIRED)
 
-# The NCCL communicator is plain NCCL on device pointers, so it builds whenever
-# the CUDA toolkit ships NCCL, even next to a CPU-only LibTorch.
+# The NCCL communicator and the GPU tests build wherever the CUDA toolkit is
+# found. They link the NCCL of the torch wheel (the one libtorch_cuda loads),
+# else the toolkit's.
 set(MINIPRETRAIN_WITH_NCCL OFF)
+get_filename_component(_wheel_nvidia "${Torch_DIR}/../../../../nvidia" ABSOLUTE)
 if(NOT DEFINED CUDAToolkit_ROOT AND EXISTS /usr/local/cuda)
   set(CUDAToolkit_ROOT /usr/local/cuda)
 endif()
 find_package(CUDAToolkit QUIET)
 if(CUDAToolkit_FOUND)
-  find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} $ENV{NCCL_HOME}/include)
-  find_library(NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} $ENV{NCCL_HOME}/lib)
+  find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${_wheel_nvidia}/nccl/include ${CUDAToolkit_INCLUDE_DIRS} $ENV{NCCL_HOME}/include)
+  find_library(NCCL_LIBRARY NAMES nccl libnccl.so.2 NAMES_PER_DIR
+               HINTS ${_wheel_nvidia}/nccl/lib ${CUDAToolkit_LIBRARY_DIR} $ENV{NCCL_HOME}/lib)
   if(NCCL_INCLUDE_DIR AND NCCL_LIBRARY)
     add_library(minipretrain::nccl UNKNOWN IMPORTED)
     set_target_properties(minipretrain::nccl PROPERTIES
@@ -25,9 +45,14 @@ if(CUDAToolkit_FOUND)
     set(MINIPRETRAIN_WITH_NCCL ON)
   endif()
 endif()
-message(STATUS "minipretrain: NCCL communicator ${MINIPRETRAIN_WITH_NCCL}")
+set(MINIPRETRAIN_TORCH_CUDA OFF)
+if(TARGET torch_cuda OR "${TORCH_LIBRARIES}" MATCHES "torch_cuda")
+  set(MINIPRETRAIN_TORCH_CUDA ON)
+endif()
+message(STATUS "minipretrain: LibTorch ${Torch_VERSION} (CUDA ${MINIPRETRAIN_TORCH_CUDA}), "
+               "NCCL communicator and GPU tests ${MINIPRETRAIN_WITH_NCCL} (${NCCL_LIBRARY})")
 
-# SentencePiece (Debian's libsentencepiece-dev), for minipretrain-text only.
+# SentencePiece (Debian's libsentencepiece-dev): the tokenizer.
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(SENTENCEPIECE REQUIRED IMPORTED_TARGET sentencepiece)
 pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)  # checkpoint hashes

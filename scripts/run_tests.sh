@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
-# Installs the dependencies, builds, and runs the whole test suite (unit tests
-# and the multi-process runs over Gloo) through ctest.
+# Installs the dependencies, builds, and runs the whole test suite (unit tests,
+# the multi-process runs over Gloo, the oracle and torchrun tests, and the GPU
+# cases, which skip without a GPU) through ctest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh
 bash scripts/build.sh
-cd "${BUILD_DIR:-build}"
+build_dir=${BUILD_DIR:-build}
+# The CUDA path is compiled and linked on every run, GPU or not: say so.
+if [ -x "$build_dir/tests/minipretrain_gpu_tests" ]; then
+  echo "run_tests: CUDA path built: tests/minipretrain_gpu_tests; minipretrain links" \
+    $(ldd "$build_dir/minipretrain" | grep -oE 'lib(torch_cuda|c10_cuda|cudart|nccl)\.so[^ ]*' | sort -u)
+elif [ -n "${CI:-}" ]; then
+  echo "run_tests: the CUDA path was not built (no CUDA toolkit or NCCL found)" >&2
+  exit 1
+fi
+cd "$build_dir"
 ctest --output-on-failure "$@"

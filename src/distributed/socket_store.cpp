@@ -122,11 +122,9 @@ SocketStore::SocketStore(const std::string& host, int port, std::chrono::millise
 
 SocketStore::~SocketStore() = default;
 
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 6)
 c10::intrusive_ptr<c10d::Store> SocketStore::clone() {
   return c10::make_intrusive<SocketStore>(host_, port_, timeout_);
 }
-#endif
 
 StoreMessage SocketStore::request(const StoreMessage& message) {
   const std::string out = encode(message);

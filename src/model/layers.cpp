@@ -47,31 +47,12 @@ torch::Tensor RotaryEmbedding::apply(const torch::Tensor& x) const {
   return torch::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
 }
 
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)
-// LibTorch 2.5 and later fuse attention (flash and memory-efficient kernels
+// LibTorch fuses attention (flash and memory-efficient kernels
 // on GPUs): the scores are never materialized, and enable_gqa broadcasts each
 // kv head over its consecutive query heads, the grouping used below.
 torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
   return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, std::nullopt, /*enable_gqa=*/true);
 }
-#else
-// The query heads of one kv head are consecutive, so [batch, heads, seq, d]
-// views as [batch, kv_heads, group * seq, d]: one GEMM per kv head scores all
-// of its query heads, and row r is position r % seq. The causal mask is added
-// by the GEMM itself (baddbmm), not by a pass of its own.
-torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
-  const int64_t batch = q.size(0), heads = q.size(1), seq = q.size(2), dim = q.size(3);
-  const int64_t kv_heads = k.size(1), group = heads / kv_heads;
-  const torch::Tensor queries = q.reshape({batch * kv_heads, group * seq, dim});
-  const torch::Tensor keys = k.reshape({batch * kv_heads, seq, dim});
-  const torch::Tensor values = v.reshape({batch * kv_heads, seq, dim});
-  const torch::Tensor mask = torch::full({seq, seq}, -INFINITY, q.options()).triu(1).repeat({group, 1});
-  const torch::Tensor scores =
-      torch::baddbmm(mask, queries, keys.transpose(1, 2), 1.0, 1.0 / std::sqrt(static_cast<double>(dim)));
-  const torch::Tensor probs = torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
-  return torch::bmm(probs, values).view({batch, heads, seq, dim});
-}
-#endif
 
 AttentionImpl::AttentionImpl(const ModelConfig& c, std::shared_ptr<Communicator> tp)
     : tp_(std::move(tp)),

@@ -36,7 +36,7 @@ void AdamW::step(double lr, const std::vector<torch::Tensor>& grads, double grad
   const float scale = static_cast<float>(grad_scale), step_size = static_cast<float>(lr / correction1);
   const float inv_sqrt_c2 = static_cast<float>(1.0 / std::sqrt(correction2)), eps = static_cast<float>(options_.eps);
   if (!slots_.empty() && slots_.front().param.device().is_cuda()) {
-    step_on_device(lr, grads, grad_scale, step_size, inv_sqrt_c2);
+    step_on_device(lr, grads, grad_scale);
     return;
   }
   for (size_t i = 0; i < slots_.size(); ++i) {
@@ -59,14 +59,12 @@ void AdamW::step(double lr, const std::vector<torch::Tensor>& grads, double grad
   }
 }
 
-// The same update on CUDA. With LibTorch >= 2.1, PyTorch's fused AdamW
-// kernel (torch.optim.AdamW(fused=True)): one pass per tensor group, the
-// clipping factor applied as its gradient scale (the kernel writes the
-// clipped gradients back; nothing reads them before the next zero_grad).
-// Before 2.1, multi-tensor ops: each runs over every parameter in a few
-// launches, where one op per tensor would launch ~10 per parameter.
-void AdamW::step_on_device(double lr, const std::vector<torch::Tensor>& grads, double grad_scale, double step_size,
-                           double inv_sqrt_c2) {
+// The same update on CUDA: PyTorch's fused AdamW kernel
+// (torch.optim.AdamW(fused=True)), one pass per tensor group, which corrects
+// its moments itself and applies the clipping factor as its gradient scale
+// (it writes the clipped gradients back; nothing reads them before the next
+// zero_grad).
+void AdamW::step_on_device(double lr, const std::vector<torch::Tensor>& grads, double grad_scale) {
   std::vector<torch::Tensor> params[2], exp_avg[2], exp_avg_sq[2], grad[2];  // [0]: decayed, [1]: not
   for (size_t i = 0; i < slots_.size(); ++i) {
     const int group = slots_[i].decay ? 0 : 1;
@@ -75,8 +73,6 @@ void AdamW::step_on_device(double lr, const std::vector<torch::Tensor>& grads, d
     exp_avg_sq[group].push_back(slots_[i].exp_avg_sq);
     grad[group].push_back(grads[i]);
   }
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
-  (void)step_size, (void)inv_sqrt_c2;  // the kernel corrects its moments itself
   const torch::TensorOptions fp32 = slots_.front().param.options().dtype(torch::kFloat);
   const torch::Tensor step = torch::full({}, static_cast<float>(steps_), fp32);
   c10::optional<torch::Tensor> unscale;  // the kernel divides each gradient by it
@@ -88,21 +84,6 @@ void AdamW::step_on_device(double lr, const std::vector<torch::Tensor>& grads, d
                       options_.beta2, group == 0 ? options_.weight_decay : 0.0, options_.eps, /*amsgrad=*/false,
                       /*maximize=*/false, unscale, c10::nullopt);
   }
-#else
-  const double b1 = options_.beta1, b2 = options_.beta2;
-  for (int group = 0; group < 2; ++group) {
-    if (params[group].empty()) continue;
-    if (group == 0 && options_.weight_decay > 0) at::_foreach_mul_(params[0], 1.0 - lr * options_.weight_decay);
-    at::_foreach_mul_(exp_avg[group], b1);
-    at::_foreach_add_(exp_avg[group], grad[group], (1.0 - b1) * grad_scale);
-    at::_foreach_mul_(exp_avg_sq[group], b2);
-    at::_foreach_addcmul_(exp_avg_sq[group], grad[group], grad[group], (1.0 - b2) * grad_scale * grad_scale);
-    std::vector<torch::Tensor> denominator = at::_foreach_sqrt(exp_avg_sq[group]);
-    at::_foreach_mul_(denominator, inv_sqrt_c2);
-    at::_foreach_add_(denominator, options_.eps);
-    at::_foreach_addcdiv_(params[group], exp_avg[group], denominator, -step_size);
-  }
-#endif
 }
 
 LRSchedule::LRSchedule(double peak, double min_lr, double warmup_ratio, int64_t max_steps)

@@ -1,6 +1,7 @@
-// Communicator over c10d::ProcessGroupGloo, for CPU tensors. Gloo in LibTorch
-// 1.13 has no reduce_scatter and no AVG reduction: reduce_scatter is an
-// all-reduce followed by taking this rank's chunk, AVG a SUM then a division.
+// Communicator over c10d::ProcessGroupGloo, for CPU tensors. Gloo has no AVG
+// reduction: AVG is a SUM then a division. reduce_scatter is an all-reduce
+// followed by taking this rank's chunk (written when Gloo had none; its own
+// reduce_scatter is for the distributed optimizer to adopt).
 #pragma once
 
 #include <chrono>

@@ -42,11 +42,8 @@ class SocketStore : public c10d::Store {
   int64_t getNumKeys() override;
   void wait(const std::vector<std::string>& keys) override;
   void wait(const std::vector<std::string>& keys, const std::chrono::milliseconds& timeout) override;
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 6)
-  // LibTorch 2.6 made clone() part of the store: another connection to the
-  // same server, for a caller's own thread.
+  // Another connection to the same server, for a caller's own thread.
   c10::intrusive_ptr<c10d::Store> clone() override;
-#endif
 
  private:
   // One request and its answer; throws std::runtime_error for a lost

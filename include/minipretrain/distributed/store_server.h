@@ -1,6 +1,6 @@
 // The server side of the rendezvous store (socket_store.h is the client): one
-// listening socket on one address, served by a background thread. LibTorch
-// 1.13's TCPStore cannot bind one address; it listens on every interface.
+// listening socket on one address, served by a background thread (written
+// when LibTorch's TCPStore could only listen on every interface).
 #pragma once
 
 #include <cstdint>

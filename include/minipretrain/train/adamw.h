@@ -39,9 +39,8 @@ class AdamW {
   const torch::Tensor& exp_avg_sq(size_t i) const { return slots_.at(i).exp_avg_sq; }
 
  private:
-  // CUDA parameters: the same update in multi-tensor (foreach) ops.
-  void step_on_device(double lr, const std::vector<torch::Tensor>& grads, double grad_scale, double step_size,
-                      double inv_sqrt_c2);
+  // CUDA parameters: the same update by PyTorch's fused AdamW kernel.
+  void step_on_device(double lr, const std::vector<torch::Tensor>& grads, double grad_scale);
 
   struct Slot {
     torch::Tensor param, exp_avg, exp_avg_sq;

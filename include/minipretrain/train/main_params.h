@@ -67,7 +67,7 @@ class MainParams {
   int64_t backwards_ = 1;
   // The parameters' gradient accumulators, which hold the hooks: autograd
   // makes a new one (without them) once nothing holds the old.
-  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;
+  std::vector<c10::intrusive_ptr<torch::autograd::Node>> accumulators_;
 };
 
 // fp32 or bf16 for "fp32", "bf16" or "auto" (bf16 where the device computes
