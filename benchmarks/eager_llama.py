@@ -4,15 +4,22 @@
 The same Llama-style model (RMSNorm, RoPE, GQA, SwiGLU, untied LM head), the
 same AdamW, clipping and synthetic tokens, written the way a PyTorch user
 would: nn.Modules, scaled_dot_product_attention where the PyTorch has it,
-bf16 through autocast with fp32 weights. Prints the median tokens/s over the
-steps after the warm-up; nothing passes or fails.
+bf16 through autocast with fp32 weights. --compile runs the same model through
+torch.compile (forward and backward; Inductor, which on the CPU needs a C++
+compiler), the optimizer staying eager. Prints one line with the median
+tokens/s over the steps after the --warmup ones (with --compile the first
+step compiles: its time is printed apart), and the peak RSS; nothing passes
+or fails.
 
-Usage: benchmarks/eager_llama.py [--device cpu|cuda] [--precision fp32|bf16]
-       [--micro-batch-size 4] [--steps 30] [--threads N] [shape flags]
-Defaults are the Small config's shape (configs/small.json, seq 512).
+Usage: benchmarks/eager_llama.py [--device auto|cpu|cuda] [--precision fp32|bf16]
+       [--compile] [--micro-batch-size 4] [--steps 30] [--warmup 10]
+       [--threads N] [shape flags]
+Defaults are the Small config's shape (configs/small.json, seq 512). Run it
+with the project's Python: .venv/bin/python benchmarks/eager_llama.py.
 """
 import argparse
 import math
+import resource
 import statistics
 import time
 
@@ -95,8 +102,9 @@ class Llama(nn.Module):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto: cuda where there is one, else cpu")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (forward and backward)")
     p.add_argument("--micro-batch-size", type=int, default=4)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=10, help="steps left out of the median")
@@ -109,11 +117,15 @@ def main():
     p.add_argument("--vocab-size", type=int, default=32000)
     p.add_argument("--seq", type=int, default=512)
     a = p.parse_args()
+    if a.warmup >= a.steps:
+        p.error("--warmup must leave at least one of the --steps")
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    dev = torch.device(a.device)
+    dev = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
+                       "cpu" if a.device == "auto" else a.device)
     model = Llama(a).to(dev)
+    step_model = torch.compile(model) if a.compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     times, losses = [], []
@@ -122,7 +134,7 @@ def main():
         sync()
         start = time.perf_counter()
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.precision == "bf16"):
-            loss = model(ids[:, :-1], ids[:, 1:])
+            loss = step_model(ids[:, :-1], ids[:, 1:])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -131,8 +143,14 @@ def main():
         sync()
         times.append(time.perf_counter() - start)
     step = statistics.median(times[a.warmup:])
-    print(f"eager PyTorch {torch.__version__} {a.device} {a.precision} mb {a.micro_batch_size}: "
-          f"{a.micro_batch_size * a.seq / step:.0f} tokens/s, {1000 * step:.1f} ms/step, final loss {losses[-1]:.3f}")
+    # ru_maxrss is in KB on Linux; on CUDA it is the host process only.
+    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    n = torch.get_num_threads()
+    threads = f", {n} thread{'s' if n > 1 else ''}" if dev.type == "cpu" else ""
+    print(f"{'compiled' if a.compile else 'eager'} PyTorch {torch.__version__} {dev.type} {a.precision} "
+          f"mb {a.micro_batch_size}{threads}: {a.micro_batch_size * a.seq / step:.0f} tokens/s, "
+          f"{1000 * step:.1f} ms/step (median of steps {a.warmup + 1}-{a.steps}), first step {times[0]:.1f} s, "
+          f"final loss {losses[-1]:.3f}, peak RSS {rss_gb:.2f} GB")
 
 
 if __name__ == "__main__":

@@ -2,10 +2,19 @@
 """Speed and memory figures of the built binary on this machine.
 
 Prints one line per measurement; nothing here passes or fails. The README's
-performance section is copied from its output. Takes ~15 minutes on 2 cores;
+performance section is copied from its output. Takes ~25 minutes on 2 cores;
 run it on an idle machine (never during a build).
 
 Usage: benchmarks/run_benchmarks.py [--build BUILD_DIR] [--only NAME ...]
+       benchmarks/run_benchmarks.py --only eager [--python PYTHON]
+       benchmarks/run_benchmarks.py --compare OTHER_BUILD_DIR [--runs 2]
+
+--only eager runs Small (fp32, and bf16 where the CPU has AVX512-BF16) with
+our binary and with benchmarks/eager_llama.py, eager and torch.compile'd, in
+the project's .venv (~8 minutes per precision on 2 cores, most of it the
+compilation). --compare measures Small fp32 with the other build and with
+--build in turn, --runs times each, and prints a before/after table (~4.5
+minutes on 2 cores); it runs nothing else.
 """
 import argparse
 import json
@@ -57,6 +66,65 @@ def startup(log):
     return float(re.search(r"Start-up took ([0-9.]+) s", log).group(1))
 
 
+def small(binary, out, precision):
+    """One Small run, micro-batch 4, 1 process x 2 threads: medians of steps 2-5, peak RSS, start-up."""
+    log = ranks(binary, 1, out, SMALL + ["--micro-batch-size", "4", "--global-batch-size", "4", "--max-steps", "5",
+                                         "--precision", precision], 2)[0]
+    s = steps(out, 1)
+    result = {key: median(s, key) for key in ("tokens_per_s", "ms_per_step", "forward_ms", "backward_ms",
+                                              "optimizer_ms")}
+    return dict(result, rss_gb=peak_rss_gb(log), startup_s=startup(log))
+
+
+def eager(python, precision, compiled):
+    """benchmarks/eager_llama.py on the same shape, 2 threads, medians of steps 3-6."""
+    cmd = [python, os.path.join(ROOT, "benchmarks", "eager_llama.py"), "--device", "cpu", "--threads", "2",
+           "--precision", precision, "--micro-batch-size", "4", "--steps", "6", "--warmup", "2"]
+    run = subprocess.run(cmd + (["--compile"] if compiled else []), capture_output=True, text=True)
+    if run.returncode != 0:
+        sys.exit(f"{' '.join(run.args)} failed:\n{run.stderr}")
+    line = run.stdout.splitlines()[-1]
+    m = re.search(r"PyTorch (\S+) .*: ([0-9.]+) tokens/s, .* first step ([0-9.]+) s, .* peak RSS ([0-9.]+) GB", line)
+    return {"torch": m.group(1), "tokens_per_s": float(m.group(2)), "first_step_s": float(m.group(3)),
+            "rss_gb": float(m.group(4))}
+
+
+def libtorch_version(build):
+    """The LibTorch a build directory was configured against, from its CMake cache ("?" if unknown)."""
+    try:
+        cache = open(os.path.join(build, "CMakeCache.txt")).read()
+        torch_dir = re.search(r"^Torch_DIR:PATH=(.*)$", cache, re.M).group(1)
+        config = open(os.path.join(torch_dir, "TorchConfigVersion.cmake")).read()
+        return re.search(r'set\(PACKAGE_VERSION "([^"]+)"\)', config).group(1)
+    except (OSError, AttributeError):
+        return "?"
+
+
+def compare(before, after, runs, work):
+    """Small fp32 with each build in turn (before, after, before, ...), so drift hits both alike."""
+    builds = {"before": before, "after": after}
+    versions = {name: libtorch_version(build) for name, build in builds.items()}
+    results = {name: [] for name in builds}
+    for i in range(runs):
+        for name, build in builds.items():
+            out = os.path.join(work, f"compare_{name}_{i}")
+            results[name].append(small(os.path.join(build, "minipretrain"), out, "fp32"))
+    print(f"Small seq 512 micro-batch 4 fp32, 1 process x 2 threads, medians of steps 2-5; "
+          f"{runs} runs per build, alternating")
+    print("| build | LibTorch | tokens/s | ms/step | forward, backward, optimizer ms | start-up s | peak RSS GB |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, build in builds.items():
+        rs = results[name]
+        cell = lambda key, fmt: ", ".join(format(r[key], fmt) for r in rs)
+        phases = "; ".join(f"{r['forward_ms']:.0f}, {r['backward_ms']:.0f}, {r['optimizer_ms']:.0f}" for r in rs)
+        print(f"| {name}: {build} | {versions[name]} | {cell('tokens_per_s', '.1f')} | "
+              f"{cell('ms_per_step', '.0f')} | {phases} | {cell('startup_s', '.2f')} | {cell('rss_gb', '.2f')} |")
+    ratio = lambda key: (statistics.median(r[key] for r in results["after"]) /
+                         statistics.median(r[key] for r in results["before"]))
+    print(f"after/before (medians of the runs): tokens/s {ratio('tokens_per_s'):.2f}x, "
+          f"start-up {ratio('startup_s'):.2f}x, peak RSS {ratio('rss_gb'):.2f}x")
+
+
 def flops_per_token(hidden=768, layers=12, vocab=32000, inter=3072, seq=512):
     """6 N (N without the embedding lookup) + 12 L s h for attention, as in PaLM's MFU."""
     n = layers * (4 * hidden * hidden + 3 * hidden * inter) + vocab * hidden
@@ -66,38 +134,60 @@ def flops_per_token(hidden=768, layers=12, vocab=32000, inter=3072, seq=512):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--build", default=os.path.join(ROOT, "build"))
-    parser.add_argument("--only", nargs="*", help="gemm small recompute pipeline dp startup")
+    parser.add_argument("--only", nargs="*", help="gemm small eager recompute pipeline dp startup")
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"],
                         help="of the recompute and dp runs (the pipeline runs are fp32); fp32 where the CPU emulates bf16")
+    parser.add_argument("--python", default=os.path.join(ROOT, os.environ.get("MINIPRETRAIN_VENV", ".venv"), "bin",
+                                                         "python"),
+                        help="the Python whose torch runs eager_llama.py (default: the project's .venv)")
+    parser.add_argument("--compare", metavar="OTHER_BUILD_DIR",
+                        help="only compare Small fp32 of OTHER_BUILD_DIR (before) and --build (after), alternating")
+    parser.add_argument("--runs", type=int, default=2, help="runs per build of --compare")
     a = parser.parse_args()
     binary = os.path.join(a.build, "minipretrain")
     wanted = lambda name: not a.only or name in a.only
     work = tempfile.mkdtemp()
 
-    subprocess.run(["cmake", "--build", a.build, "--target", "minipretrain-gemm-ceiling"], check=True,
-                   stdout=subprocess.DEVNULL)
+    if a.compare:
+        compare(a.compare, a.build, a.runs, work)
+        return
+    if wanted("eager") and not os.path.isfile(a.python):
+        sys.exit(f"{a.python} is missing: scripts/install_deps.sh makes .venv, or give --python")
+
     ceiling = {}
-    gemm = subprocess.run([os.path.join(a.build, "minipretrain-gemm-ceiling"), "2048", "2"], check=True,
-                          capture_output=True, text=True).stdout
-    for line in gemm.splitlines():
-        m = re.match(r"gemm (\w+) .*: ([0-9.]+) GFLOP/s", line)
-        ceiling[m.group(1)] = float(m.group(2))
+    if wanted("gemm") or wanted("small"):
+        subprocess.run(["cmake", "--build", a.build, "--target", "minipretrain-gemm-ceiling"], check=True,
+                       stdout=subprocess.DEVNULL)
+        gemm = subprocess.run([os.path.join(a.build, "minipretrain-gemm-ceiling"), "2048", "2"], check=True,
+                              capture_output=True, text=True).stdout
+        for line in gemm.splitlines():
+            m = re.match(r"gemm (\w+) .*: ([0-9.]+) GFLOP/s", line)
+            ceiling[m.group(1)] = float(m.group(2))
     if wanted("gemm"):
         print(f"GEMM ceiling, n=2048, 2 threads: fp32 {ceiling['fp32']:.0f} GFLOP/s, bf16 {ceiling['bf16']:.0f} GFLOP/s")
 
     if wanted("small"):
         for precision in ("fp32", "bf16"):
-            out = os.path.join(work, "small_" + precision)
-            log = ranks(binary, 1, out, SMALL + ["--micro-batch-size", "4", "--global-batch-size", "4",
-                                                 "--max-steps", "5", "--precision", precision], 2)[0]
-            s = steps(out, 1)
-            tps = median(s, "tokens_per_s")
-            mfu = tps * flops_per_token() / 1e9 / ceiling[precision]
-            print(f"Small seq 512 micro-batch 4, 1 process x 2 threads, {precision}: {tps:.0f} tokens/s, "
-                  f"{median(s, 'ms_per_step'):.0f} ms/step = forward {median(s, 'forward_ms'):.0f} + backward "
-                  f"{median(s, 'backward_ms'):.0f} + optimizer {median(s, 'optimizer_ms'):.0f} (+ rest); "
-                  f"MFU {100 * mfu:.0f}% of the {precision} GEMM ceiling; peak RSS {peak_rss_gb(log):.2f} GB; "
-                  f"start-up {startup(log):.2f} s")
+            r = small(binary, os.path.join(work, "small_" + precision), precision)
+            mfu = r["tokens_per_s"] * flops_per_token() / 1e9 / ceiling[precision]
+            print(f"Small seq 512 micro-batch 4, 1 process x 2 threads, {precision}: {r['tokens_per_s']:.0f} tokens/s, "
+                  f"{r['ms_per_step']:.0f} ms/step = forward {r['forward_ms']:.0f} + backward {r['backward_ms']:.0f} + "
+                  f"optimizer {r['optimizer_ms']:.0f} (+ rest); MFU {100 * mfu:.0f}% of the {precision} GEMM "
+                  f"ceiling; peak RSS {r['rss_gb']:.2f} GB; start-up {r['startup_s']:.2f} s")
+
+    if wanted("eager"):
+        # The same model as a PyTorch user writes it, eager and torch.compile'd, in
+        # the project's torch; bf16 only where the CPU computes it natively.
+        native_bf16 = "avx512_bf16" in open("/proc/cpuinfo").read()
+        for precision in ("fp32", "bf16") if native_bf16 else ("fp32",):
+            ours = small(binary, os.path.join(work, "eager_ours_" + precision), precision)
+            plain, compiled = eager(a.python, precision, False), eager(a.python, precision, True)
+            print(f"Small seq 512 micro-batch 4, 2 threads, {precision}: minipretrain {ours['tokens_per_s']:.0f} "
+                  f"tokens/s, eager PyTorch {plain['torch']} {plain['tokens_per_s']:.0f}, torch.compile "
+                  f"{compiled['tokens_per_s']:.0f} (first step {compiled['first_step_s']:.0f} s); "
+                  f"ours/eager {ours['tokens_per_s'] / plain['tokens_per_s']:.2f}x, "
+                  f"ours/compiled {ours['tokens_per_s'] / compiled['tokens_per_s']:.2f}x; peak RSS "
+                  f"{ours['rss_gb']:.2f}, {plain['rss_gb']:.2f}, {compiled['rss_gb']:.2f} GB")
 
     if wanted("recompute"):
         rss = {}

@@ -14,6 +14,8 @@
 #   TP_SIZE [1]  PP_SIZE [1]  MICRO_BATCH_SIZE [4]  MAX_STEPS [10000]
 #   MINIPRETRAIN_BIN [<script dir>/../build/minipretrain]
 #   LAUNCHER [builtin]: builtin | torchrun
+#   TORCHRUN [torchrun on PATH, else <script dir>/../.venv/bin/torchrun, the
+#     project's pinned PyTorch]: the torchrun that LAUNCHER=torchrun runs.
 #   KILL_GRACE_SECONDS [5]: how long ranks get between SIGTERM and SIGKILL
 #     when another rank has failed.
 #   MAX_RESTARTS [0]: when a rank fails, stop all and start them all again
@@ -74,8 +76,10 @@ case $LAUNCHER in
   builtin | torchrun) ;;
   *) die "LAUNCHER must be 'builtin' or 'torchrun', got '$LAUNCHER'" ;;
 esac
-if [[ $LAUNCHER == torchrun ]] && ! command -v torchrun >/dev/null 2>&1; then
-  die "LAUNCHER=torchrun but torchrun is not on PATH"
+if [[ $LAUNCHER == torchrun ]]; then
+  TORCHRUN=${TORCHRUN:-$(command -v torchrun || echo "$(dirname "$0")/../.venv/bin/torchrun")}
+  [[ -f $TORCHRUN && -x $TORCHRUN ]] ||
+    die "LAUNCHER=torchrun but TORCHRUN '$TORCHRUN' is not an executable file (run scripts/install_deps.sh, or set TORCHRUN)"
 fi
 # A bare name (no slash) is looked up on PATH, like any command.
 if [[ $MINIPRETRAIN_BIN != */* ]] && command -v -- "$MINIPRETRAIN_BIN" >/dev/null 2>&1; then
@@ -110,7 +114,7 @@ if [[ $LAUNCHER == torchrun ]]; then
   # torchrun restarts with the same arguments: --resume auto from the start
   # (no checkpoint yet means step 1).
   ((MAX_RESTARTS == 0)) || bin_args+=(--resume auto)
-  exec torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NPROC_PER_NODE" \
+  exec "$TORCHRUN" --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NPROC_PER_NODE" \
     --max-restarts "$MAX_RESTARTS" \
     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
     --no_python "$MINIPRETRAIN_BIN" "${bin_args[@]}"

@@ -6,13 +6,17 @@
 Reads OUTPUT_DIR/metrics.jsonl of each run (the directory's name labels it)
 and draws, side by side: training and validation loss against steps, the
 same against tokens seen, the learning rate, and throughput in tokens/s.
-Needs matplotlib (Debian: python3-matplotlib, which scripts/install_deps.sh
-installs).
+Needs matplotlib, which scripts/install_deps.sh installs into the project's
+.venv: run by a Python without it, the script runs itself again with
+.venv/bin/python (or $MINIPRETRAIN_VENV/bin/python, as install_deps.sh).
 """
 import argparse
 import json
 import os
 import sys
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def fail(message):
@@ -48,10 +52,15 @@ def main():
     runs = [(os.path.basename(os.path.normpath(d)) or d, *read_run(d)) for d in args.runs]
     try:
         import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
     except ImportError:
-        fail("matplotlib is missing: apt-get install python3-matplotlib")
+        # The project's venv has it; unless this already is that venv, hand over.
+        venv = os.path.join(ROOT, os.environ.get("MINIPRETRAIN_VENV", ".venv"))
+        python = os.path.join(venv, "bin", "python")
+        if os.path.isfile(python) and not os.path.samefile(sys.prefix, venv):
+            os.execv(python, [python, os.path.abspath(__file__)] + sys.argv[1:])
+        fail(f"matplotlib is missing (not in {sys.executable}, nor in {venv}): run scripts/install_deps.sh")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(2, 2, figsize=(12, 8))
     (loss_steps, loss_tokens), (lr_axis, speed_axis) = axes

@@ -7,5 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh
 # Only what the run needs: the test suite would double the first build.
-TARGETS="minipretrain minipretrain-text" bash scripts/build.sh
+TARGETS=minipretrain bash scripts/build.sh
 exec build/minipretrain --config configs/tiny.json "$@"

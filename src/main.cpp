@@ -3,7 +3,6 @@
 // diverged, 1 any other failure (data, checkpoint, a peer process that died).
 #include <chrono>
 #include <malloc.h>
-#include <unistd.h>
 
 #include <limits>
 
@@ -20,7 +19,7 @@
 
 #include "minipretrain/commands/commands.h"
 #include "minipretrain/commands/plan.h"
-#include "minipretrain/data/text_tool.h"
+#include "minipretrain/commands/text_commands.h"
 #include "minipretrain/config/cli.h"
 #include "minipretrain/config/faults.h"
 #include "minipretrain/distributed/launch_env.h"
@@ -32,19 +31,6 @@
 using namespace minipretrain;
 
 namespace {
-
-// Debian's LibTorch calls whichever libblas.so.3 the alternatives system
-// points at; the reference one runs fp32 GEMM ~30x slower than OpenBLAS.
-void warn_on_reference_blas() {
-  std::ifstream maps("/proc/self/maps");
-  bool reference = false, openblas = false;
-  for (std::string line; std::getline(maps, line);) {
-    if (line.find("openblas") != std::string::npos) openblas = true;
-    if (line.find("/blas/libblas.so") != std::string::npos) reference = true;
-  }
-  if (reference && !openblas)
-    spdlog::warn("LibTorch is using the reference BLAS (about 30x slower): apt-get install libopenblas0-openmp");
-}
 
 // Every step allocates and frees the same large activation tensors. glibc
 // would hand each one back to the kernel (mmap/munmap) and fault its pages in
@@ -165,13 +151,6 @@ std::string first_line(const std::string& text) { return text.substr(0, text.fin
 int main(int argc, char** argv) {
   const auto launched = std::chrono::steady_clock::now();
   keep_freed_memory();
-  // Tokenizer training and preprocessing belong to minipretrain-text, which
-  // keeps our argv[0] so that its --help shows `minipretrain tokenizer`.
-  if (argc > 1 && is_text_tool_command(argv[1])) {
-    const std::string tool = text_tool_path();
-    ::execv(tool.c_str(), argv);
-    fail(1, "cannot run " + tool);
-  }
   try {
     auto command_line = parse_command_line(argc, argv);
     if (!command_line) return 0;
@@ -181,6 +160,8 @@ int main(int argc, char** argv) {
       if (command == "generate") run_generate(command_line->generate);
       if (command == "export") run_export(command_line->export_model);
       if (command == "import") run_import(command_line->import_model);
+      if (command == "tokenizer") run_tokenizer(command_line->tokenizer);
+      if (command == "preprocess") run_preprocess(command_line->preprocess);
       return 0;
     }
     Config config = command_line->config;
@@ -202,7 +183,6 @@ int main(int argc, char** argv) {
     spdlog::set_pattern(env.world_size > 1 ? "[%H:%M:%S] [rank " + std::to_string(env.rank) + "] %^%l%$ %v"
                                            : "[%H:%M:%S] %^%l%$ %v");
     if (const char* level = std::getenv("MINIPRETRAIN_LOG_LEVEL")) spdlog::set_level(spdlog::level::from_str(level));
-    warn_on_reference_blas();
     const int threads = threads_per_process(config, env);
     torch::set_num_threads(threads);
     const torch::Device device = pick_device(config.train.device, env);

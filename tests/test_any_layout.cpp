@@ -169,7 +169,9 @@ std::map<std::string, torch::Tensor> hf_weights() {
 }
 
 // The safetensors layout written byte by byte (not with our writer), tensors
-// in reverse name order, some as BF16 the way many HF checkpoints ship.
+// in reverse name order, some as BF16 the way many HF checkpoints ship. Kept
+// beside test_oracles.cpp's save_pretrained files: transformers writes one
+// dtype per model and tensors in its own order, so only this file mixes them.
 void write_hf_safetensors(const std::string& path, const std::map<std::string, torch::Tensor>& tensors) {
   nlohmann::json header = {{"__metadata__", {{"format", "pt"}}}};
   std::string data;
@@ -199,7 +201,8 @@ void write_hf_config(const std::string& dir, const nlohmann::json& extra) {
 
 // HF's LlamaForCausalLM forward in double, from its definition: RMSNorm,
 // RoPE with rotate_half, grouped-query attention with each kv head shared by
-// consecutive query heads, SwiGLU.
+// consecutive query heads, SwiGLU. (transformers itself is the oracle of
+// save_pretrained files in test_oracles.cpp; this one serves the mixed file.)
 torch::Tensor reference_logits(std::map<std::string, torch::Tensor> w, const torch::Tensor& tokens) {
   for (auto& [name, t] : w)
     t = (name.find("mlp") != std::string::npos ? t.to(torch::kBFloat16) : t).to(torch::kDouble);
@@ -321,6 +324,8 @@ TEST(HfImport, UnsupportedFeaturesAreRefusedByName) {
   const std::string dir = fresh_dir("hf_refused");
   const std::vector<std::pair<nlohmann::json, std::string>> cases = {
       {{{"rope_scaling", {{"type", "linear"}, {"factor", 2.0}}}}, "rope_scaling {\"factor\":2.0,\"type\":\"linear\"} is not supported"},
+      {{{"rope_parameters", {{"rope_type", "llama3"}, {"rope_theta", 500000.0}}}},
+       "rope_parameters {\"rope_theta\":500000.0,\"rope_type\":\"llama3\"} is not supported"},
       {{{"tie_word_embeddings", true}}, "tie_word_embeddings true is not supported"},
       {{{"attention_bias", true}}, "attention_bias true is not supported"},
       {{{"hidden_act", "gelu"}}, "hidden_act 'gelu' is not supported"},

@@ -120,6 +120,12 @@ std::vector<ProcessResult> run_ranks(int world, const std::vector<std::string>& 
 
 std::string binary() { return MINIPRETRAIN_BIN; }
 
+std::string venv_program(const std::string& name) {
+  const char* chosen = std::getenv("MINIPRETRAIN_VENV");
+  const fs::path venv = fs::path(MINIPRETRAIN_SOURCE_DIR) / (chosen && *chosen ? chosen : ".venv");
+  return (venv / "bin" / name).string();
+}
+
 std::string fresh_dir(const std::string& name) {
   const fs::path dir = fs::temp_directory_path() / ("minipretrain-tests-" + std::to_string(::getuid())) / name;
   fs::remove_all(dir);

@@ -45,6 +45,9 @@ std::vector<std::unique_ptr<Process>> start_ranks(int world, const std::vector<s
 std::vector<ProcessResult> run_ranks(int world, const std::vector<std::string>& args, double timeout_seconds = 300);
 
 std::string binary();
+// A program of the project's Python environment (scripts/install_deps.sh makes
+// it): in MINIPRETRAIN_VENV if set, else in the checkout's .venv.
+std::string venv_program(const std::string& name);
 std::string fresh_dir(const std::string& name);  // empty, under the build's temp
 int free_port();
 

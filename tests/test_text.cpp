@@ -1,5 +1,5 @@
-// Tokenizer, preprocessing and generation through the real programs:
-// minipretrain runs minipretrain-text for everything SentencePiece does.
+// Tokenizer, preprocessing and generation through the real binary, which
+// links SentencePiece and LibTorch in one process.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -8,7 +8,7 @@
 #include <random>
 
 #include "minipretrain/data/indexed_dataset.h"
-#include "minipretrain/data/text_tool.h"
+#include "minipretrain/text/tokenizer.h"
 #include "test_support.h"
 
 using namespace minipretrain;
@@ -44,7 +44,7 @@ std::string tokenizer_model(const std::string& corpus) {
   return model;
 }
 
-std::vector<std::string> decoded_documents(const std::string& prefix, const ExternalTokenizer& tokenizer) {
+std::vector<std::string> decoded_documents(const std::string& prefix, const Tokenizer& tokenizer) {
   IndexedDataset data(prefix);
   std::vector<std::string> out;
   for (int64_t i = 0; i < data.num_sequences(); ++i) {
@@ -70,7 +70,7 @@ TEST(Text, PreprocessThenDetokenizeGivesTheDocuments) {
     blank << docs[0] << "\n" << docs[1] << "\n\n\n" << docs[2] << "\n";
   }
   const std::string model = tokenizer_model(dir + "/corpus.txt");
-  const ExternalTokenizer tokenizer(model);
+  const Tokenizer tokenizer(model);
   EXPECT_EQ(tokenizer.vocab_size(), 320);
   EXPECT_EQ(tokenizer.eos_id(), 2);
 

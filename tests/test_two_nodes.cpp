@@ -1,17 +1,15 @@
-// Two nodes on one machine: two network namespaces joined by a veth pair,
-// node 0 (the master) at 10.77.0.1 and node 1 at 10.77.0.2, each running the
-// launch script. The host name still resolves to the loopback inside them, as
-// on a Debian host, so without GLOO_SOCKET_IFNAME these runs work only if Gloo
-// binds the address that reaches MASTER_ADDR. A node that cannot join fails
-// with one line naming the address, within the timeout. Needs root (ip netns).
+// Two nodes on one machine (two_namespaces.h), each running the launch
+// script. The host name resolves to the loopback inside them, so without
+// GLOO_SOCKET_IFNAME these runs work only if Gloo binds the address that
+// reaches MASTER_ADDR. A node that cannot join fails with one line naming the
+// address, within the timeout. Needs root (ip netns).
 #include <gtest/gtest.h>
-
-#include <unistd.h>
 
 #include <chrono>
 #include <memory>
 
 #include "test_support.h"
+#include "two_namespaces.h"
 
 using namespace minipretrain::test;
 
@@ -19,14 +17,6 @@ namespace {
 
 constexpr int kSteps = 4;
 const std::string kMasterAddr = "10.77.0.1";
-
-std::string ip_tool() {
-  for (const char* path : {"/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"})
-    if (::access(path, X_OK) == 0) return path;
-  return "";
-}
-
-ProcessResult sh(const std::string& script) { return run({"/bin/sh", "-c", script}, {}, 30); }
 
 size_t occurrences(const std::string& text, const std::string& part) {
   size_t n = 0;
@@ -40,56 +30,21 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 
 }  // namespace
 
-class TwoNodes : public ::testing::Test {
+class TwoNodes : public TwoNamespaces {
  protected:
-  void SetUp() override {
-    ip_ = ip_tool();
-    if (ip_.empty()) GTEST_SKIP() << "no ip(8) from iproute2 on this machine";
-    // Named after this process, so that test processes running side by side do not collide.
-    const std::string tag = "mp" + std::to_string(::getpid());
-    ns_[0] = tag + "a";
-    ns_[1] = tag + "b";
-    veth_[0] = tag + "va";
-    veth_[1] = tag + "vb";
-    const ProcessResult added = sh(ip_ + " netns add " + ns_[0]);
-    if (added.exit_code != 0) GTEST_SKIP() << "cannot create a network namespace (needs root): " << added.output;
-    const ProcessResult joined = sh("set -e\n" + ip_ + " netns add " + ns_[1] + "\n" +
-                                    ip_ + " link add " + veth_[0] + " type veth peer name " + veth_[1] + "\n" +
-                                    node_setup(0, "10.77.0.1/24") + node_setup(1, "10.77.0.2/24"));
-    if (joined.exit_code != 0) GTEST_SKIP() << "cannot join two network namespaces by a veth pair: " << joined.output;
-  }
-
-  // Runs after a failed or skipped SetUp too; deleting a namespace deletes the
-  // veth end inside it, and with it the pair.
-  void TearDown() override {
-    if (ns_[0].empty()) return;
-    sh(ip_ + " netns del " + ns_[0] + " 2>/dev/null; " + ip_ + " netns del " + ns_[1] + " 2>/dev/null; " + ip_ +
-       " link del " + veth_[0] + " 2>/dev/null; true");
-  }
-
   // scripts/launch_pretrain.sh as node `node` of two, inside its namespace,
   // with GLOO_SOCKET_IFNAME unset unless `settings` sets it (`settings` come
   // last: they override MASTER_ADDR too).
   std::unique_ptr<Process> launch(int node, const std::string& port, const std::vector<std::string>& settings,
                                   const std::vector<std::string>& args) const {
-    std::vector<std::string> argv{ip_, "netns", "exec", ns_[node], "env", "-u", "GLOO_SOCKET_IFNAME",
-                                  "NNODES=2", "NODE_RANK=" + std::to_string(node), "MASTER_ADDR=" + kMasterAddr,
-                                  "MASTER_PORT=" + port, "MINIPRETRAIN_BIN=" + binary()};
+    std::vector<std::string> argv = in_node(node);
+    argv.insert(argv.end(), {"env", "-u", "GLOO_SOCKET_IFNAME", "NNODES=2", "NODE_RANK=" + std::to_string(node),
+                             "MASTER_ADDR=" + kMasterAddr, "MASTER_PORT=" + port, "MINIPRETRAIN_BIN=" + binary()});
     argv.insert(argv.end(), settings.begin(), settings.end());
     argv.insert(argv.end(), {"timeout", "-k", "10", "120", "/bin/bash",
                              std::string(MINIPRETRAIN_SOURCE_DIR) + "/scripts/launch_pretrain.sh"});
     argv.insert(argv.end(), args.begin(), args.end());
     return std::make_unique<Process>(argv, std::map<std::string, std::string>{});
-  }
-
-  std::string ip_;
-  std::string ns_[2], veth_[2];
-
- private:
-  std::string node_setup(int node, const std::string& cidr) const {
-    const std::string in_ns = ip_ + " -n " + ns_[node];
-    return ip_ + " link set " + veth_[node] + " netns " + ns_[node] + "\n" + in_ns + " addr add " + cidr + " dev " +
-           veth_[node] + "\n" + in_ns + " link set " + veth_[node] + " up\n" + in_ns + " link set lo up\n";
   }
 };
 

@@ -33,6 +33,11 @@ ModelConfig read_hf_config(const std::string& hf_dir) {
       refuse("model_type is '" + c.at("model_type").get<std::string>() + "'; only llama (LlamaForCausalLM) is supported");
     if (c.contains("rope_scaling") && !c.at("rope_scaling").is_null())
       refuse("rope_scaling " + c.at("rope_scaling").dump() + " is not supported (plain RoPE only)");
+    // transformers 5 writes RoPE's settings here, with no top-level rope_theta.
+    const nlohmann::json rope = c.value("rope_parameters", nlohmann::json::object());
+    if (!rope.is_object()) refuse("rope_parameters " + rope.dump() + " is not an object");
+    if (rope.value("rope_type", std::string("default")) != "default")
+      refuse("rope_parameters " + rope.dump() + " is not supported (plain RoPE only: rope_type default)");
     if (c.value("tie_word_embeddings", false)) refuse("tie_word_embeddings true is not supported (untied LM head only)");
     for (const char* bias : {"attention_bias", "mlp_bias"})
       if (c.value(bias, false)) refuse(std::string(bias) + " true is not supported (no biases)");
@@ -46,7 +51,7 @@ ModelConfig read_hf_config(const std::string& hf_dir) {
     m.num_attention_heads = c.at("num_attention_heads").get<int64_t>();
     m.num_key_value_heads = c.value("num_key_value_heads", m.num_attention_heads);
     m.max_seq_length = c.value("max_position_embeddings", m.max_seq_length);
-    m.rope_theta = c.value("rope_theta", 10000.0);
+    m.rope_theta = rope.value("rope_theta", c.value("rope_theta", 10000.0));
     m.rms_norm_eps = c.value("rms_norm_eps", 1e-6);  // LlamaConfig's default
     m.init_std = c.value("initializer_range", m.init_std);
     if (c.contains("head_dim") && !c.at("head_dim").is_null() && c.at("head_dim").get<int64_t>() != m.head_dim())

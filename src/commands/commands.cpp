@@ -6,9 +6,9 @@
 #include "minipretrain/checkpoint/checkpoint.h"
 #include "minipretrain/checkpoint/hf_export.h"
 #include "minipretrain/checkpoint/hf_import.h"
-#include "minipretrain/data/text_tool.h"
 #include "minipretrain/distributed/communicator.h"
 #include "minipretrain/model/generate.h"
+#include "minipretrain/text/tokenizer.h"
 
 namespace minipretrain {
 namespace {
@@ -24,7 +24,7 @@ std::string checkpoint_dir(const std::string& path) {
 }  // namespace
 
 void run_generate(const GenerateCommand& c) {
-  const ExternalTokenizer tokenizer(c.tokenizer);
+  const Tokenizer tokenizer(c.tokenizer);
   ModelConfig model_config;
   Stage model = load_for_inference(checkpoint_dir(c.checkpoint), &model_config);
   // Preprocessing ends every document with EOS, so a document begins after one.
@@ -48,7 +48,7 @@ void run_export(const ExportCommand& c) {
   options.tokenizer_model = c.tokenizer;
   options.progress = true;
   if (!c.tokenizer.empty()) {
-    const ExternalTokenizer tokenizer(c.tokenizer);
+    const Tokenizer tokenizer(c.tokenizer);
     options.bos_token_id = tokenizer.bos_id();
     options.eos_token_id = tokenizer.eos_id();
   }

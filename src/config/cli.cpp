@@ -66,10 +66,24 @@ void add_plan(CLI::App& app, PlanCommand& c) {
       "With --device cpu the plan is for CPU processes (Gloo, process baseline included).");
 }
 
-// Listed in --help only: main() hands these command lines to minipretrain-text
-// before they reach the parser here.
-void add_text_tool_commands(CLI::App& app) {
-  for (const TextToolCommand& c : kTextToolCommands) app.add_subcommand(c.name, c.description)->prefix_command();
+void add_tokenizer(CLI::App& app, TokenizerCommand& c) {
+  CLI::App* sub = app.add_subcommand("tokenizer", "train a SentencePiece BPE tokenizer (unk 0, bos 1, eos 2)");
+  sub->add_option("--input", c.inputs, "text files")->required()->expected(1, -1)->type_name("PATH");
+  sub->add_option("--vocab-size", c.vocab_size, "pieces")->capture_default_str();
+  sub->add_option("--output", c.output, "the .model file to write")->capture_default_str()->type_name("PATH");
+}
+
+void add_preprocess(CLI::App& app, PreprocessOptions& c) {
+  CLI::App* sub = app.add_subcommand("preprocess", "text or JSON Lines -> Megatron indexed dataset");
+  sub->add_option("--tokenizer", c.tokenizer, "SentencePiece .model")->required()->type_name("PATH");
+  sub->add_option("--input", c.inputs, "text files (a document per line) or .jsonl files")
+      ->required()->expected(1, -1)->type_name("PATH");
+  sub->add_option("--output-prefix", c.output_prefix, "writes PREFIX.bin and PREFIX.idx")
+      ->required()->type_name("PREFIX");
+  sub->add_option("--json-key", c.json_key, "the text's key in JSON Lines")->capture_default_str();
+  sub->add_flag("--blank-line-documents", c.blank_line_documents, "text: documents are separated by blank lines");
+  sub->add_option("--workers", c.workers, "tokenizer threads (0: every core)")->capture_default_str();
+  sub->add_flag_callback("--no-progress", [&c] { c.progress = false; }, "no progress line");
 }
 
 // How --help shows a field's value: as its binder names it, or else as its
@@ -114,7 +128,8 @@ std::optional<CommandLine> parse_command_line(int argc, const char* const* argv)
   add_export(app, result.export_model);
   add_import(app, result.import_model);
   add_plan(app, result.plan);
-  add_text_tool_commands(app);
+  add_tokenizer(app, result.tokenizer);
+  add_preprocess(app, result.preprocess);
   app.require_subcommand(0, 1);
   // After the subcommands, which would inherit it.
   app.footer(std::string("Run 'minipretrain SUBCOMMAND --help' for the options of a subcommand."));
@@ -129,8 +144,6 @@ std::optional<CommandLine> parse_command_line(int argc, const char* const* argv)
   }
 
   for (const CLI::App* sub : app.get_subcommands()) result.command = sub->get_name();
-  if (is_text_tool_command(result.command))
-    throw ConfigError("'" + result.command + "' must come first: minipretrain " + result.command + " [OPTIONS]");
   result.config = config_path.empty() ? Config{} : load_config_file(config_path);
   std::vector<Field> targets = config_fields(result.config);
   for (Field& f : targets)

@@ -110,6 +110,15 @@ LaunchEnv detect_launch_env(const Getenv& getenv) {
   LaunchEnv env = found.value_or(LaunchEnv{});
   if (auto addr = getenv("MASTER_ADDR")) env.master_addr = *addr;
   if (auto port = getenv("MASTER_PORT")) env.master_port = to_int("MASTER_PORT", *port);
+  // torchrun's agent serves its own TCPStore on MASTER_PORT for the whole run
+  // and says so with TORCHELASTIC_USE_AGENT_STORE=True; rank 0 could not bind
+  // it, and our store speaks another protocol, so ours takes the next port.
+  if (env.launcher == "torchrun" && env.master_port > 0 && getenv("TORCHELASTIC_USE_AGENT_STORE") == "True") {
+    if (env.master_port == 65535)
+      throw ConfigError("MASTER_PORT=65535 is torchrun's own store, and the rendezvous takes the port after it: "
+                        "give torchrun a lower --master-port");
+    ++env.master_port;
+  }
   if (env.master_addr.empty() && env.launcher == "slurm")
     if (auto nodes = getenv("SLURM_JOB_NODELIST")) env.master_addr = first_slurm_host(*nodes);
   return env;

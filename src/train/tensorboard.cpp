@@ -60,7 +60,7 @@ uint32_t crc32c(const char* data, size_t n) {
   return crc ^ 0xFFFFFFFFu;
 }
 
-TensorBoardWriter::TensorBoardWriter(const std::string& dir, int64_t resume_step) {
+TensorBoardWriter::TensorBoardWriter(const std::string& dir, int64_t first_step) {
   std::filesystem::create_directories(dir);
   char host[256] = "localhost";
   ::gethostname(host, sizeof(host) - 1);
@@ -72,13 +72,13 @@ TensorBoardWriter::TensorBoardWriter(const std::string& dir, int64_t resume_step
   std::string version;
   put_bytes(version, 3, "brain.Event:2");  // Event.file_version
   write_event(0, version);
-  if (resume_step > 0) {
+  if (first_step > 1) {
     std::string session_log;
     session_log += key(1, kVarint);  // SessionLog.status = START
     put_varint(session_log, 1);
     std::string payload;
-    put_bytes(payload, 4, session_log);  // Event.session_log
-    write_event(resume_step, payload);
+    put_bytes(payload, 7, session_log);  // Event.session_log
+    write_event(first_step, payload);
   }
   flush();
 }

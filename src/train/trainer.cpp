@@ -244,7 +244,7 @@ bool Trainer::run() {
   resume();
   if (parallel_.is_logging_rank()) metrics_ = std::make_unique<MetricsLog>(config_.log.output_dir, start_step_ - 1);
   if (parallel_.is_logging_rank() && !config_.log.tensorboard_dir.empty())
-    tensorboard_ = std::make_unique<TensorBoardWriter>(config_.log.tensorboard_dir, start_step_ - 1);
+    tensorboard_ = std::make_unique<TensorBoardWriter>(config_.log.tensorboard_dir, start_step_);
   install_stop_handlers();
   run_start_ = Clock::now();
   const int64_t max_steps = config_.train.max_steps;

@@ -5,39 +5,20 @@
 //   export      checkpoint -> Hugging Face Llama directory
 //   import      Hugging Face Llama directory -> checkpoint
 //   plan        every valid layout of the config for a cluster: memory, traffic, speed
-//   tokenizer, preprocess: run by minipretrain-text (kTextToolCommands)
+//   tokenizer   train a SentencePiece tokenizer
+//   preprocess  text or JSON Lines -> Megatron indexed dataset
 // `minipretrain --help` lists them all, one line each, and every
 // `minipretrain SUBCOMMAND --help` describes its options.
 #pragma once
 
 #include <optional>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "minipretrain/config/config.h"
+#include "minipretrain/text/preprocess.h"
 
 namespace minipretrain {
-
-// The subcommands that the torch-free minipretrain-text runs (text/tokenizer.h
-// says why it is a program of its own). Given one as its first argument,
-// minipretrain hands the whole command line over to it; its --help lists them
-// with the others. Both programs take the descriptions from here.
-struct TextToolCommand {
-  const char* name;
-  const char* description;
-};
-inline constexpr TextToolCommand kTextToolCommands[] = {
-    {"tokenizer", "train a SentencePiece BPE tokenizer (unk 0, bos 1, eos 2)"},
-    {"preprocess", "text or JSON Lines -> Megatron indexed dataset"},
-};
-
-// Whether `name` is one of kTextToolCommands.
-inline bool is_text_tool_command(std::string_view name) {
-  for (const TextToolCommand& c : kTextToolCommands)
-    if (name == c.name) return true;
-  return false;
-}
 
 struct GenerateCommand {
   std::string checkpoint;  // a checkpoint, or an output dir (its newest checkpoint)
@@ -74,6 +55,12 @@ struct PlanCommand {
   bool json = false;
 };
 
+struct TokenizerCommand {
+  std::vector<std::string> inputs;
+  int64_t vocab_size = 32000;
+  std::string output = "tokenizer.model";
+};
+
 struct CommandLine {
   std::string command = "train";  // or the subcommand's name
   Config config;
@@ -82,6 +69,8 @@ struct CommandLine {
   ExportCommand export_model;
   ImportCommand import_model;
   PlanCommand plan;
+  TokenizerCommand tokenizer;
+  PreprocessOptions preprocess;
 };
 
 // nullopt when --help was asked for (the help is printed). Throws ConfigError

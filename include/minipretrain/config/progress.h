@@ -1,8 +1,6 @@
 // Progress of long work that is not training (preprocess, export): done,
 // rate and ETA on stderr, rewritten in place on a terminal, else one line
 // per interval (a batch job's log gets lines, not carriage returns).
-// Header-only: minipretrain-text, which does not link the core library,
-// uses it too.
 #pragma once
 
 #include <unistd.h>

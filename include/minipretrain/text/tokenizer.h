@@ -1,10 +1,5 @@
 // SentencePiece tokenizers: training a BPE model with BOS and EOS, and using
 // any existing SentencePiece .model (Llama 2's included) as it is.
-//
-// Only the torch-free `minipretrain-text` program links this: Debian's
-// libsentencepiece carries its own protobuf 3.14 and crashes in a process that
-// also loads LibTorch's protobuf 3.21. minipretrain reaches it through
-// data/text_tool.h.
 #pragma once
 
 #include <cstdint>

@@ -3,8 +3,9 @@
 // length, its masked CRC-32C, the bytes, their masked CRC-32C), each an
 // `Event` protobuf encoded by hand: the first carries the file version, the
 // others one scalar summary each (tag, value, step, wall time). A resumed run
-// opens a new file that starts with a SessionLog START at the resume step, so
-// TensorBoard drops what the interrupted run wrote past it.
+// opens a new file that starts with a SessionLog START at its first step, so
+// TensorBoard drops what the interrupted run wrote from that step on (and
+// keeps the checkpoint's own step).
 #pragma once
 
 #include <cstdint>
@@ -15,8 +16,8 @@ namespace minipretrain {
 
 class TensorBoardWriter {
  public:
-  // Creates `dir`. `resume_step` > 0: a run resumed after that step.
-  TensorBoardWriter(const std::string& dir, int64_t resume_step);
+  // Creates `dir`. `first_step` > 1: a run resumed at that step.
+  TensorBoardWriter(const std::string& dir, int64_t first_step);
   void add_scalar(const std::string& tag, double value, int64_t step);
   // Called at every log interval: a crash loses at most one interval.
   void flush();
