@@ -24,33 +24,24 @@ file(MAKE_DIRECTORY ${MINIPRETRAIN_FMT_FIRST})
 file(CREATE_LINK ${_fmt_include}/fmt ${MINIPRETRAIN_FMT_FIRST}/fmt SYMBOLIC)
 find_package(nlohmann_json REQUIRED)
 
-# The NCCL communicator and the GPU tests build wherever the CUDA toolkit is
-# found. They link the NCCL of the torch wheel (the one libtorch_cuda loads),
-# else the toolkit's.
-set(MINIPRETRAIN_WITH_NCCL OFF)
+# CUDA and NCCL are always built: the torch wheel is a CUDA build whose CMake
+# config already requires the CUDA toolkit, and it brings NCCL. So the NCCL
+# communicator and the GPU tests compile on every machine, GPU or not, and no
+# code is left that only a machine without them would compile. NCCL is the
+# wheel's (the one libtorch_cuda loads), not the toolkit's older copy.
+find_package(CUDAToolkit REQUIRED)
 get_filename_component(_wheel_nvidia "${Torch_DIR}/../../../../nvidia" ABSOLUTE)
-if(NOT DEFINED CUDAToolkit_ROOT AND EXISTS /usr/local/cuda)
-  set(CUDAToolkit_ROOT /usr/local/cuda)
+find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${_wheel_nvidia}/nccl/include ${CUDAToolkit_INCLUDE_DIRS} $ENV{NCCL_HOME}/include)
+find_library(NCCL_LIBRARY NAMES nccl libnccl.so.2 NAMES_PER_DIR
+             HINTS ${_wheel_nvidia}/nccl/lib ${CUDAToolkit_LIBRARY_DIR} $ENV{NCCL_HOME}/lib)
+if(NOT NCCL_INCLUDE_DIR OR NOT NCCL_LIBRARY)
+  message(FATAL_ERROR "NCCL not found (the torch wheel's nvidia-nccl package, or NCCL_HOME): run scripts/install_deps.sh")
 endif()
-find_package(CUDAToolkit QUIET)
-if(CUDAToolkit_FOUND)
-  find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${_wheel_nvidia}/nccl/include ${CUDAToolkit_INCLUDE_DIRS} $ENV{NCCL_HOME}/include)
-  find_library(NCCL_LIBRARY NAMES nccl libnccl.so.2 NAMES_PER_DIR
-               HINTS ${_wheel_nvidia}/nccl/lib ${CUDAToolkit_LIBRARY_DIR} $ENV{NCCL_HOME}/lib)
-  if(NCCL_INCLUDE_DIR AND NCCL_LIBRARY)
-    add_library(minipretrain::nccl UNKNOWN IMPORTED)
-    set_target_properties(minipretrain::nccl PROPERTIES
-      IMPORTED_LOCATION ${NCCL_LIBRARY}
-      INTERFACE_INCLUDE_DIRECTORIES ${NCCL_INCLUDE_DIR})
-    set(MINIPRETRAIN_WITH_NCCL ON)
-  endif()
-endif()
-set(MINIPRETRAIN_TORCH_CUDA OFF)
-if(TARGET torch_cuda OR "${TORCH_LIBRARIES}" MATCHES "torch_cuda")
-  set(MINIPRETRAIN_TORCH_CUDA ON)
-endif()
-message(STATUS "minipretrain: LibTorch ${Torch_VERSION} (CUDA ${MINIPRETRAIN_TORCH_CUDA}), "
-               "NCCL communicator and GPU tests ${MINIPRETRAIN_WITH_NCCL} (${NCCL_LIBRARY})")
+add_library(minipretrain::nccl UNKNOWN IMPORTED)
+set_target_properties(minipretrain::nccl PROPERTIES
+  IMPORTED_LOCATION ${NCCL_LIBRARY}
+  INTERFACE_INCLUDE_DIRECTORIES ${NCCL_INCLUDE_DIR})
+message(STATUS "minipretrain: LibTorch ${Torch_VERSION}, CUDA ${CUDAToolkit_VERSION}, NCCL ${NCCL_LIBRARY}")
 
 # SentencePiece (Debian's libsentencepiece-dev): the tokenizer.
 find_package(PkgConfig REQUIRED)

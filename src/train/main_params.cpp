@@ -6,9 +6,7 @@
 #include <fstream>
 #include <sstream>
 
-#ifdef MINIPRETRAIN_WITH_NCCL
 #include <cuda_runtime_api.h>
-#endif
 
 namespace minipretrain {
 
@@ -97,17 +95,11 @@ bool cpu_has_native_bf16() {
   return false;
 }
 
-// Ampere (compute capability 8.0) and newer. Without the CUDA runtime
-// linked in, assume so: every GPU LibTorch ships kernels for today is.
+// Ampere (compute capability 8.0) and newer.
 bool cuda_has_native_bf16(int device) {
-#ifdef MINIPRETRAIN_WITH_NCCL
   int major = 0;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
   return major >= 8;
-#else
-  (void)device;
-  return true;
-#endif
 }
 
 }  // namespace

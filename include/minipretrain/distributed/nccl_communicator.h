@@ -1,14 +1,15 @@
-// Communicator over plain NCCL, for CUDA tensors. Built whenever CMake finds
-// the CUDA toolkit with NCCL (MINIPRETRAIN_WITH_NCCL), also next to a CPU-only
-// LibTorch. Rank 0 creates the NCCL unique id and passes it through the store.
+// Communicator over plain NCCL, for CUDA tensors. Rank 0 creates the NCCL unique id and passes it through the store.
 //
 // Every operation runs on a stream of its own, ordered by CUDA events after
 // the kernels LibTorch queued before it (they produce its data); LibTorch's
 // later kernels wait for a blocking operation's result, and for an
 // asynchronous one's once it is waited for. The host never waits for the
 // device (except in barrier), so collectives and transfers overlap compute
-// queued around them. Sends run on a separate stream from everything else, so
-// a pipeline stage's pending send never blocks its next receive.
+// queued around them. Single sends run on a stream of their own; still, NCCL
+// runs one communicator's operations in the order they were posted, whatever
+// the stream, and a send ends only once the peer's matching receive runs, so
+// transfers that must progress together go as one NCCL group
+// (batch_isend_irecv).
 #pragma once
 
 #include <chrono>
@@ -37,6 +38,7 @@ class NcclCommunicator : public Communicator {
   void do_broadcast(torch::Tensor& tensor, int root) override;
   std::unique_ptr<PendingOp> do_isend(const torch::Tensor& tensor, int dst, int tag) override;
   std::unique_ptr<PendingOp> do_irecv(torch::Tensor& tensor, int src, int tag) override;
+  std::vector<std::unique_ptr<PendingOp>> do_batch_isend_irecv(const std::vector<P2POp>& ops) override;
   void do_barrier() override;
 
  private:

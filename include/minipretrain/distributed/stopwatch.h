@@ -14,9 +14,7 @@
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
-#ifdef MINIPRETRAIN_WITH_NCCL
 #include <cuda_runtime_api.h>
-#endif
 
 namespace minipretrain {
 
@@ -35,11 +33,7 @@ class Stopwatch {
   using Clock = std::chrono::steady_clock;
   void settle() const {
     if (!device_.is_cuda()) return;
-#ifdef MINIPRETRAIN_WITH_NCCL
     cudaStreamSynchronize(cudaStreamLegacy);  // LibTorch computes on the legacy default stream
-#else
-    torch::cuda::synchronize(device_.index());  // without NCCL there are no other streams
-#endif
   }
   torch::Device device_;
   Clock::time_point start_;
