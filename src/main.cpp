@@ -13,9 +13,7 @@
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 
-#ifdef MINIPRETRAIN_WITH_NCCL
 #include <cuda_runtime_api.h>
-#endif
 
 #include "minipretrain/commands/commands.h"
 #include "minipretrain/commands/plan.h"
@@ -47,21 +45,25 @@ int threads_per_process(const Config& config, const LaunchEnv& env) {
   return std::max(1, cores / static_cast<int>(env.local_world_size));
 }
 
+// On CUDA it also makes that GPU current, before any other CUDA call would
+// make a context on GPU 0 of every rank.
 torch::Device pick_device(const std::string& wanted, const LaunchEnv& env) {
   const bool cuda = torch::cuda::is_available();
   if (wanted == "cuda" && !cuda) throw ConfigError("device cuda was asked for, but no CUDA device is available");
   if (wanted == "cpu" || !cuda) return torch::kCPU;
-  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank % torch::cuda::device_count()));
+  const char* visible_devices = std::getenv("CUDA_VISIBLE_DEVICES");
+  const int gpu = gpu_of_local_rank(env, static_cast<int>(torch::cuda::device_count()),
+                                    visible_devices && std::string(visible_devices).find(',') == std::string::npos);
+  if (cudaSetDevice(gpu) != cudaSuccess) throw std::runtime_error("cannot use GPU " + std::to_string(gpu));
+  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(gpu));
 }
 
 // The memory one rank of this device may use: the GPU's, or on CPU the
 // machine's shared by its local processes. 0 when unknown.
 double device_memory_per_rank(const torch::Device& device, const LaunchEnv& env) {
   if (device.is_cuda()) {
-#ifdef MINIPRETRAIN_WITH_NCCL
     size_t free_bytes = 0, total_bytes = 0;
     if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) return static_cast<double>(total_bytes);
-#endif
     return 0;
   }
   std::ifstream meminfo("/proc/meminfo");

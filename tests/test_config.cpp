@@ -222,6 +222,25 @@ TEST(Config, BadFlagValues) {
   EXPECT_THROW(parse({"--no-such-flag", "1"}), ConfigError);
 }
 
+// One GPU per process: local rank r takes GPU r; a launcher that gives each
+// process its own GPU through CUDA_VISIBLE_DEVICES leaves one visible; more
+// processes than GPUs is one line naming both counts.
+TEST(LaunchEnv, EachLocalRankTakesItsOwnGpu) {
+  LaunchEnv env;
+  env.local_world_size = 8;
+  env.local_rank = 5;
+  EXPECT_EQ(gpu_of_local_rank(env, 8, false), 5);
+  EXPECT_EQ(gpu_of_local_rank(env, 1, true), 0);
+  try {
+    gpu_of_local_rank(env, 4, false);
+    FAIL() << "8 processes shared 4 GPUs";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("8 processes on this node, 4 GPUs visible to each"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(gpu_of_local_rank(env, 1, false), ConfigError);
+}
+
 TEST(LaunchEnv, ReadsEachLauncher) {
   auto env_of = [](std::map<std::string, std::string> vars) {
     return detect_launch_env([vars](const std::string& k) -> std::optional<std::string> {

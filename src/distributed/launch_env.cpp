@@ -124,6 +124,15 @@ LaunchEnv detect_launch_env(const Getenv& getenv) {
   return env;
 }
 
+int gpu_of_local_rank(const LaunchEnv& env, int visible, bool per_process_visibility) {
+  if (env.local_world_size <= visible) return static_cast<int>(env.local_rank);
+  if (visible == 1 && per_process_visibility) return 0;
+  throw ConfigError(std::to_string(env.local_world_size) + " processes on this node, " + std::to_string(visible) +
+                    " GPU" + (visible == 1 ? "" : "s") +
+                    " visible to each: one GPU per process (start fewer per node, give each its own through "
+                    "CUDA_VISIBLE_DEVICES, or use --device cpu)");
+}
+
 LaunchEnv detect_launch_env() {
   return detect_launch_env([](const std::string& name) -> std::optional<std::string> {
     const char* value = std::getenv(name.c_str());

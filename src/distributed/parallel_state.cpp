@@ -6,9 +6,7 @@
 #include "minipretrain/distributed/gloo_peers.h"
 #include "minipretrain/distributed/network.h"
 #include "minipretrain/distributed/rendezvous.h"
-#ifdef MINIPRETRAIN_WITH_NCCL
 #include "minipretrain/distributed/nccl_communicator.h"
-#endif
 
 namespace minipretrain {
 namespace {
@@ -22,12 +20,7 @@ std::shared_ptr<Communicator> make_group(const std::string& name, const c10::int
                                          std::chrono::milliseconds timeout, const std::string& gloo_address) {
   if (size == 1) return std::make_shared<SoloCommunicator>(name);
   if (device.is_cuda()) {
-#ifdef MINIPRETRAIN_WITH_NCCL
     return std::make_shared<NcclCommunicator>(name, store, rank, size, device.index(), timeout);
-#else
-    throw std::runtime_error("--device cuda with several processes needs NCCL, and this build has none "
-                             "(CMake did not find the CUDA toolkit with NCCL)");
-#endif
   }
   return std::make_shared<GlooCommunicator>(name, store, rank, size, timeout, gloo_address);
 }
@@ -59,23 +52,24 @@ ParallelState::ParallelState(const LaunchEnv& env, const Config& config, const t
   const std::chrono::milliseconds timeout(config.parallel.dist_timeout * 1000);
   const int global_rank = static_cast<int>(rank_), world_size = static_cast<int>(env.world_size);
   const std::string where = addr + ":" + std::to_string(port);
+  // Every run has Gloo: the world group carries host values on any device.
   // Chosen before the rendezvous, so that a bad GLOO_SOCKET_IFNAME fails at once.
-  const bool gloo = !device.is_cuda();
-  GlooAddress gloo_address = gloo ? choose_gloo_address(addr) : GlooAddress{};
+  GlooAddress gloo_address = choose_gloo_address(addr);
   const bool one_host = env.world_size == env.local_world_size;
   auto store = rendezvous(addr, static_cast<int>(port), global_rank, world_size, one_host, timeout);
-  if (gloo) {
-    gloo_address = settle_gloo_address(store, where, global_rank, world_size, gloo_address, timeout);
-    if (env.local_rank == 0)
-      spdlog::info("Gloo binds to {}{}: {}", gloo_address.address,
-                   gloo_address.interface.empty() ? "" : " on " + gloo_address.interface, gloo_address.reason);
-    check_peers_reachable(store, where, global_rank, world_size, gloo_address.address, timeout);
-  }
+  gloo_address = settle_gloo_address(store, where, global_rank, world_size, gloo_address, timeout);
+  if (env.local_rank == 0)
+    spdlog::info("Gloo binds to {}{}: {}", gloo_address.address,
+                 gloo_address.interface.empty() ? "" : " on " + gloo_address.interface, gloo_address.reason);
+  check_peers_reachable(store, where, global_rank, world_size, gloo_address.address, timeout);
 
   const Layout& l = layout_;
   const Coordinates& c = coords_;
   const std::string& bound = gloo_address.address;
-  world_ = make_group("world", store, global_rank, static_cast<int>(l.world()), device, timeout, bound);
+  // The step-boundary vote, non-finite reports, validation loss and the save
+  // and resume agreements are host numbers: a CPU group for them, as PyTorch
+  // and Megatron keep, instead of copying each to the GPU for NCCL.
+  world_ = make_group("world", store, global_rank, static_cast<int>(l.world()), torch::kCPU, timeout, bound);
   tp_ = make_group("tp.pp" + std::to_string(c.pp) + ".dp" + std::to_string(c.dp), store, static_cast<int>(c.tp),
                    static_cast<int>(l.tp), device, timeout, bound);
   dp_ = make_group("dp.pp" + std::to_string(c.pp) + ".tp" + std::to_string(c.tp), store, static_cast<int>(c.dp),

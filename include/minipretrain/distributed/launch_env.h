@@ -25,4 +25,10 @@ struct LaunchEnv {
 LaunchEnv detect_launch_env(const std::function<std::optional<std::string>(const std::string&)>& getenv);
 LaunchEnv detect_launch_env();
 
+// The GPU of this process among the `visible` ones: its local rank, one GPU
+// per process; or the only one, where the launcher gave each process its own
+// through CUDA_VISIBLE_DEVICES (`per_process_visibility`). Throws ConfigError
+// where processes would share a GPU (NCCL refuses that with an obscure error).
+int gpu_of_local_rank(const LaunchEnv& env, int visible, bool per_process_visibility);
+
 }  // namespace minipretrain

@@ -33,9 +33,10 @@ class ParallelState {
   // A single process: every group is a group of one.
   ParallelState();
   // Meets the other processes at the rendezvous of `env` and joins this rank's
-  // world, TP, DP and PP groups on the backend that serves `device`. For Gloo,
-  // the ranks first settle their addresses and check that each reaches every
-  // other (gloo_peers.h); local rank 0 logs where this node's ranks bind.
+  // TP, DP and PP groups on the backend that serves `device`, and the world
+  // group, which carries host values, on Gloo whatever the device. The ranks
+  // first settle their Gloo addresses and check that each reaches every other
+  // (gloo_peers.h); local rank 0 logs where this node's ranks bind.
   ParallelState(const LaunchEnv& env, const Config& config, const torch::Device& device);
 
   int64_t rank() const { return rank_; }
