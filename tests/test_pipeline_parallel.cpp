@@ -31,8 +31,8 @@ class ScaleStage : public PipelineStage {
   torch::Tensor weight_ = torch::full({1}, 2.0).requires_grad_();
 };
 
-// Rank 1 of a pipeline of 3 that logs each receive posted and waited for and
-// each send, in order; receives complete with ones.
+// Rank 1 of a pipeline of 3 that logs each receive posted and waited for,
+// each send and each batch of several, in order; receives complete with ones.
 class LoggingGroup : public Communicator {
  public:
   explicit LoggingGroup(bool ahead) : Communicator("pp", 1, 3), ahead_(ahead) {}
@@ -52,6 +52,10 @@ class LoggingGroup : public Communicator {
   std::unique_ptr<PendingOp> do_isend(const torch::Tensor&, int, int) override {
     log.push_back("send");
     return std::make_unique<Done>();
+  }
+  std::vector<std::unique_ptr<PendingOp>> do_batch_isend_irecv(const std::vector<minipretrain::P2POp>& ops) override {
+    log.push_back("batch");
+    return Communicator::do_batch_isend_irecv(ops);
   }
   std::unique_ptr<PendingOp> do_irecv(torch::Tensor& t, int, int) override {
     log.push_back("post");
@@ -221,7 +225,7 @@ TEST(PipelineParallel, EveryShardSavesAndResumes) {
 // Action k + 1's receive is posted before action k computes (its send marks
 // the end of that compute), and waited for only by action k + 1: the
 // transfer runs during action k. Without the backend's leave (NCCL), each
-// receive is posted by the action that needs it.
+// receive goes in one batch with the send of the action before.
 TEST(PipelineParallel, ReceivesArePostedOneActionAhead) {
   for (const bool ahead : {true, false}) {
     SCOPED_TRACE(ahead ? "Gloo-like" : "NCCL-like");
@@ -244,8 +248,10 @@ TEST(PipelineParallel, ReceivesArePostedOneActionAhead) {
         if (ahead)
           EXPECT_LT(posts[k + 1], waits[k]) << "action " << k + 1 << "'s receive was not posted ahead";
         else
-          EXPECT_GT(posts[k + 1], sends[k]) << "action " << k + 1 << "'s receive was posted early";
+          EXPECT_EQ(posts[k + 1], sends[k] + 1) << "action " << k + 1 << "'s receive is not batched with the send";
       }
+      const bool batched = sends[k] > 0 && pp.log[sends[k] - 1] == "batch";
+      EXPECT_EQ(batched, !ahead && k + 1 < actions.size()) << "action " << k;
       // At most two receives are outstanding: this action's and the next one's.
       if (k + 2 < actions.size()) EXPECT_GT(posts[k + 2], waits[k]) << "action " << k + 2;
     }

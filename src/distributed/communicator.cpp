@@ -148,24 +148,71 @@ void Communicator::broadcast(torch::Tensor& tensor, int root) {
   count("broadcast", sent, seconds_since(start));
 }
 
+torch::Tensor Communicator::receive_wire(const torch::Tensor& tensor) const {
+  return tensor.scalar_type() == torch::kBFloat16 && !has_bf16()
+             ? torch::empty(tensor.sizes(), tensor.options().dtype(torch::kFloat))
+             : tensor;
+}
+
+std::unique_ptr<PendingOp> Communicator::sent(std::unique_ptr<PendingOp> op, int dst) {
+  return std::make_unique<GuardedPendingOp>(std::move(op), name_ + " send " + peer_of("to", dst, size_));
+}
+
+std::unique_ptr<PendingOp> Communicator::received(std::unique_ptr<PendingOp> op, int src, torch::Tensor wire,
+                                                  torch::Tensor target) {
+  return std::make_unique<PendingReceive>(std::move(op), name_ + " recv " + peer_of("from", src, size_),
+                                          std::move(wire), std::move(target), stats_["recv"]);
+}
+
 std::unique_ptr<PendingOp> Communicator::isend(const torch::Tensor& tensor, int dst, int tag) {
   const auto start = Clock::now();
-  const torch::Tensor sent = wire(tensor);
-  const std::string peer = peer_of("to", dst, size_);
-  auto handle = guarded("send", peer, [&] { return do_isend(sent, dst, tag); });
-  count("send", sent, seconds_since(start));
-  return std::make_unique<GuardedPendingOp>(std::move(handle), name_ + " send " + peer);
+  const torch::Tensor payload = wire(tensor);
+  auto handle = guarded("send", peer_of("to", dst, size_), [&] { return do_isend(payload, dst, tag); });
+  count("send", payload, seconds_since(start));
+  return sent(std::move(handle), dst);
 }
 
 std::unique_ptr<PendingOp> Communicator::irecv(const torch::Tensor& tensor, int src, int tag) {
   const auto start = Clock::now();
-  torch::Tensor received = tensor.scalar_type() == torch::kBFloat16 && !has_bf16()
-                               ? torch::empty(tensor.sizes(), tensor.options().dtype(torch::kFloat))
-                               : tensor;
-  const std::string peer = peer_of("from", src, size_);
-  auto pending = guarded("recv", peer, [&] { return do_irecv(received, src, tag); });
-  count("recv", received, seconds_since(start));
-  return std::make_unique<PendingReceive>(std::move(pending), name_ + " recv " + peer, received, tensor, stats_["recv"]);
+  torch::Tensor buffer = receive_wire(tensor);
+  auto handle = guarded("recv", peer_of("from", src, size_), [&] { return do_irecv(buffer, src, tag); });
+  count("recv", buffer, seconds_since(start));
+  return received(std::move(handle), src, buffer, tensor);
+}
+
+std::vector<std::unique_ptr<PendingOp>> Communicator::batch_isend_irecv(const std::vector<P2POp>& ops) {
+  std::vector<std::unique_ptr<PendingOp>> handles;
+  if (ops.size() == 1) {
+    const P2POp& op = ops.front();
+    handles.push_back(op.kind == P2POp::Send ? isend(op.tensor, op.peer, op.tag) : irecv(op.tensor, op.peer, op.tag));
+    return handles;
+  }
+  const auto start = Clock::now();
+  std::vector<P2POp> wired;
+  std::string peers;
+  for (const P2POp& op : ops) {
+    const bool send = op.kind == P2POp::Send;
+    wired.push_back({op.kind, send ? wire(op.tensor) : receive_wire(op.tensor), op.peer, op.tag});
+    peers += (peers.empty() ? "" : ", ") + peer_of(send ? "to" : "from", op.peer, size_);
+  }
+  auto posted = guarded("batch_isend_irecv", peers, [&] { return do_batch_isend_irecv(wired); });
+  // Posting is one call: each transfer counts its share.
+  const double share = seconds_since(start) / static_cast<double>(ops.size());
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const bool send = ops[i].kind == P2POp::Send;
+    count(send ? "send" : "recv", wired[i].tensor, share);
+    handles.push_back(send ? sent(std::move(posted.at(i)), ops[i].peer)
+                           : received(std::move(posted.at(i)), ops[i].peer, wired[i].tensor, ops[i].tensor));
+  }
+  return handles;
+}
+
+std::vector<std::unique_ptr<PendingOp>> Communicator::do_batch_isend_irecv(const std::vector<P2POp>& ops) {
+  std::vector<std::unique_ptr<PendingOp>> handles;
+  for (P2POp op : ops)
+    handles.push_back(op.kind == P2POp::Send ? do_isend(op.tensor, op.peer, op.tag)
+                                             : do_irecv(op.tensor, op.peer, op.tag));
+  return handles;
 }
 
 void Communicator::barrier() {

@@ -208,6 +208,31 @@ std::unique_ptr<PendingOp> NcclCommunicator::do_irecv(torch::Tensor& tensor, int
   return std::make_unique<NcclPendingOp>(state_->device, state_->stream, tensor);
 }
 
+std::vector<std::unique_ptr<PendingOp>> NcclCommunicator::do_batch_isend_irecv(const std::vector<P2POp>& ops) {
+  std::vector<torch::Tensor> tensors;
+  std::vector<ncclDataType_t> types;  // found before the group opens, which a throw would leave open
+  for (const P2POp& op : ops) {
+    const bool send = op.kind == P2POp::Send;
+    tensors.push_back(send ? op.tensor.contiguous() : op.tensor);
+    require_cuda_contiguous(tensors.back(), send ? "send" : "recv");
+    types.push_back(nccl_type(tensors.back()));
+  }
+  state_->enqueue([&](cudaStream_t s) {
+    ncclResult_t result = ncclGroupStart();
+    for (size_t i = 0; i < ops.size() && result == ncclSuccess; ++i) {
+      const torch::Tensor& t = tensors[i];
+      result = ops[i].kind == P2POp::Send ? ncclSend(t.data_ptr(), t.numel(), types[i], ops[i].peer, state_->comm, s)
+                                          : ncclRecv(t.data_ptr(), t.numel(), types[i], ops[i].peer, state_->comm, s);
+    }
+    const ncclResult_t ended = ncclGroupEnd();  // closed after a failure too
+    return result != ncclSuccess ? result : ended;
+  }, "ncclSend/ncclRecv group", state_->stream);
+  std::vector<std::unique_ptr<PendingOp>> handles;
+  for (const torch::Tensor& t : tensors)
+    handles.push_back(std::make_unique<NcclPendingOp>(state_->device, state_->stream, t));
+  return handles;
+}
+
 void NcclCommunicator::do_barrier() {
   torch::Tensor token = torch::zeros({1}, torch::TensorOptions().device(torch::kCUDA, state_->device));
   do_all_reduce(token, ReduceOp::Sum);

@@ -10,34 +10,29 @@ PipelineExecutor::PipelineExecutor(std::shared_ptr<PipelineStage> stage, Communi
       activation_shape_(std::move(activation_shape)),
       device_(stage_->activation_options().device()) {}
 
-PipelineExecutor::Peer PipelineExecutor::previous(int64_t chunk) const {
-  const int rank = static_cast<int>(stage_->index());
-  return rank > 0 ? Peer{rank - 1, chunk} : Peer{pp_.size() - 1, chunk - 1};
-}
-
-PipelineExecutor::Peer PipelineExecutor::next(int64_t chunk) const {
-  const int rank = static_cast<int>(stage_->index());
-  return rank < pp_.size() - 1 ? Peer{rank + 1, chunk} : Peer{0, chunk + 1};
-}
-
 StepResult PipelineExecutor::run(const std::vector<Action>& actions, const std::vector<Microbatch>& microbatches) {
   const Stopwatch step(device_);
   StepResult result;
-  receives_.clear();  // none are left but by a step that failed half-way
-  unposted_ = 0;
+  batches_ = plan_transfers(actions, {stage_->index(), pp_.size(), stage_->num_chunks()}, !pp_.receives_post_ahead());
+  next_batch_ = 0;
+  unsent_.clear();  // none are left but by a step that failed half-way
+  receives_.clear();
   for (size_t i = 0; i < actions.size(); ++i) {
     const Action& a = actions[i];
-    post_receives(actions, i);
-    const torch::Tensor received = receive_of(a) ? take_receive(i) : torch::Tensor();
+    post_batches(i);
+    const torch::Tensor received = take_receive(i);
+    torch::Tensor outgoing;
     if (a.kind == Action::Forward)
-      forward(a, microbatches, received, result);
+      outgoing = forward(a, microbatches, received, result);
     else if (a.kind == Action::BackwardWeight)
       backward_weights(a, result);
     else
-      backward(a, received, result);
+      outgoing = backward(a, received, result);
+    if (outgoing.defined()) unsent_[i] = outgoing;
     result.peak_in_flight =
         std::max<int64_t>(result.peak_in_flight, static_cast<int64_t>(in_flight_.size() + deferred_.size()));
   }
+  post_batches(actions.size());
   for (auto& send : sends_) send->wait();
   sends_.clear();
   result.total_seconds = step.seconds();
@@ -46,47 +41,43 @@ StepResult PipelineExecutor::run(const std::vector<Action>& actions, const std::
 
 StepResult PipelineExecutor::evaluate(const std::vector<Microbatch>& microbatches) {
   torch::NoGradGuard no_grad;
-  // Chunk by chunk: every rank's order follows the virtual stages, so no
-  // receive waits on a forward that waits on it.
-  std::vector<Action> forwards;
-  for (int64_t c = 0; c < stage_->num_chunks(); ++c)
-    for (int64_t m = 0; m < static_cast<int64_t>(microbatches.size()); ++m) forwards.push_back({Action::Forward, m, c});
-  StepResult result = run(forwards, microbatches);
+  StepResult result = run(
+      forward_only_schedule(pp_.size(), static_cast<int64_t>(microbatches.size()), stage_->num_chunks()), microbatches);
   in_flight_.clear();
   return result;
 }
 
-std::optional<PipelineExecutor::Transfer> PipelineExecutor::receive_of(const Action& a) const {
-  const int64_t c = a.chunk;
-  if (a.kind == Action::Forward && !first_chunk(c)) return Transfer{previous(c).rank, static_cast<int>(2 * c)};
-  if ((a.kind == Action::Backward || a.kind == Action::BackwardInput) && !last_chunk(c))
-    return Transfer{next(c).rank, static_cast<int>(2 * c + 1)};
-  return std::nullopt;
-}
-
-void PipelineExecutor::post_receives(const std::vector<Action>& actions, size_t current) {
-  const auto ahead = [&] {
-    return !pp_.receives_post_ahead() || (!receives_.empty() && receives_.back().action > current);
-  };
-  for (; unposted_ < actions.size() && (unposted_ <= current || !ahead()); ++unposted_) {
-    const std::optional<Transfer> from = receive_of(actions[unposted_]);
-    if (!from) continue;
+void PipelineExecutor::post_batches(size_t before) {
+  for (; next_batch_ < batches_.size() && batches_[next_batch_].before == before; ++next_batch_) {
+    const TransferBatch& batch = batches_[next_batch_];
+    std::vector<P2POp> ops;
+    for (const Transfer& to : batch.sends) {
+      ops.push_back({P2POp::Send, unsent_.at(to.action), to.peer, to.tag});
+      unsent_.erase(to.action);
+    }
     // Activations and their gradients share one shape and dtype.
-    torch::Tensor buffer = torch::empty(activation_shape_, stage_->activation_options());
-    receives_.push_back({unposted_, buffer, pp_.irecv(buffer, from->peer, from->tag)});
+    for (const Transfer& from : batch.receives)
+      ops.push_back(
+          {P2POp::Receive, torch::empty(activation_shape_, stage_->activation_options()), from.peer, from.tag});
+    std::vector<std::unique_ptr<PendingOp>> handles = pp_.batch_isend_irecv(ops);
+    for (size_t k = 0; k < ops.size(); ++k)
+      if (k < batch.sends.size())
+        sends_.push_back(std::move(handles[k]));
+      else
+        receives_.push_back({batch.receives[k - batch.sends.size()].action, ops[k].tensor, std::move(handles[k])});
   }
 }
 
 torch::Tensor PipelineExecutor::take_receive(size_t index) {
+  if (receives_.empty() || receives_.front().action != index) return {};
   PostedReceive posted = std::move(receives_.front());
   receives_.pop_front();
-  TORCH_CHECK(posted.action == index, "pipeline: receive posted for action ", posted.action, ", taken by ", index);
   posted.op->wait();
   return posted.buffer;
 }
 
-void PipelineExecutor::forward(const Action& a, const std::vector<Microbatch>& microbatches, torch::Tensor received,
-                               StepResult& result) {
+torch::Tensor PipelineExecutor::forward(const Action& a, const std::vector<Microbatch>& microbatches,
+                                        torch::Tensor received, StepResult& result) {
   const int64_t m = a.microbatch, c = a.chunk;
   torch::Tensor input = microbatches.at(m).input_ids;
   if (!first_chunk(c)) input = received.requires_grad_(torch::GradMode::is_enabled());
@@ -98,14 +89,11 @@ void PipelineExecutor::forward(const Action& a, const std::vector<Microbatch>& m
     result.loss += output.item<double>();
   }
   result.forward_seconds += compute.seconds();
-  if (!last_chunk(c)) {
-    const Peer to = next(c);
-    sends_.push_back(pp_.isend(output.detach(), to.rank, static_cast<int>(2 * to.chunk)));
-  }
   in_flight_[{c, m}] = {input, output};
+  return last_chunk(c) ? torch::Tensor() : output.detach();
 }
 
-void PipelineExecutor::backward(const Action& a, torch::Tensor received, StepResult& result) {
+torch::Tensor PipelineExecutor::backward(const Action& a, torch::Tensor received, StepResult& result) {
   const Key key{a.chunk, a.microbatch};
   auto [input, output] = in_flight_.at(key);
   in_flight_.erase(key);
@@ -115,10 +103,7 @@ void PipelineExecutor::backward(const Action& a, torch::Tensor received, StepRes
   else
     deferred_[key] = defer_weight_gradients([&] { output.backward(received); });
   result.backward_seconds += compute.seconds();
-  if (!first_chunk(a.chunk)) {
-    const Peer to = previous(a.chunk);
-    sends_.push_back(pp_.isend(input.grad(), to.rank, static_cast<int>(2 * to.chunk + 1)));
-  }
+  return first_chunk(a.chunk) ? torch::Tensor() : input.grad();
 }
 
 void PipelineExecutor::backward_weights(const Action& a, StepResult& result) {

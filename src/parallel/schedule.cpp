@@ -77,6 +77,16 @@ std::vector<Action> zb_h1_schedule(int64_t num_stages, int64_t stage, int64_t nu
   return actions;
 }
 
+std::vector<Action> forward_only_schedule(int64_t num_stages, int64_t num_microbatches, int64_t num_chunks) {
+  const int64_t group = std::max<int64_t>(1, std::min(num_stages, num_microbatches));
+  std::vector<Action> actions;
+  for (int64_t start = 0; start < num_microbatches; start += group)
+    for (int64_t c = 0; c < num_chunks; ++c)
+      for (int64_t m = start; m < std::min(start + group, num_microbatches); ++m)
+        actions.push_back({Action::Forward, m, c});
+  return actions;
+}
+
 std::vector<Action> make_schedule(const std::string& name, int64_t num_stages, int64_t stage, int64_t num_microbatches,
                                   int64_t num_chunks) {
   if (name == "interleaved-1f1b") return interleaved_schedule(num_stages, stage, num_microbatches, num_chunks);

@@ -113,6 +113,45 @@ TEST(CudaNccl, TwoRanksOnTwoGpusReduceAndExchange) {
   }
 }
 
+// PP 2 1F1B with two microbatches, as the executor posts it for NCCL:
+// stage 0 sends a0, then a1 batched with the receive of g0; stage 1 receives
+// a0, then sends g0 batched with the receive of a1. 64 MiB each, far beyond
+// NCCL's buffer per peer: posted one by one, stage 0's send of a1 and stage
+// 1's send of g0 would each wait for the other's receive, forever.
+TEST(CudaNccl, BatchedSendAndReceiveLetAPipelineStepThrough) {
+  REQUIRE_GPUS(2);
+  StoreServer server("127.0.0.1", 0);
+  std::vector<std::string> errors(2);
+  std::vector<std::vector<torch::Tensor>> received(2);
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < 2; ++r) {
+    ranks.emplace_back([&, r] {
+      try {
+        auto store = c10::make_intrusive<SocketStore>("127.0.0.1", server.port(), 30s);
+        NcclCommunicator comm("pp", store, r, 2, r, 30s);
+        const auto full = [&](double value) { return torch::full({16 << 20}, value, on_gpu(r)); };
+        std::vector<torch::Tensor> into;  // stage 0: g0; stage 1: a0, a1
+        for (int k = 0; k < 2 - r; ++k) into.push_back(full(0));
+        std::vector<std::unique_ptr<PendingOp>> ops;
+        ops.push_back(r == 0 ? comm.isend(full(1), 1, 0) : comm.irecv(into[0], 0, 0));
+        const std::vector<P2POp> batch =
+            r == 0 ? std::vector<P2POp>{{P2POp::Send, full(2), 1, 0}, {P2POp::Receive, into[0], 1, 1}}
+                   : std::vector<P2POp>{{P2POp::Send, full(-1), 0, 1}, {P2POp::Receive, into[1], 0, 0}};
+        for (auto& op : comm.batch_isend_irecv(batch)) ops.push_back(std::move(op));
+        for (auto& op : ops) op->wait();
+        for (const torch::Tensor& t : into) received[r].push_back(t.cpu());
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  }
+  for (auto& t : ranks) t.join();
+  for (int r = 0; r < 2; ++r) ASSERT_EQ(errors[r], "") << "rank " << r;
+  EXPECT_TRUE(torch::equal(received[0][0], torch::full({16 << 20}, -1.0)));  // g0
+  EXPECT_TRUE(torch::equal(received[1][0], torch::full({16 << 20}, 1.0)));   // a0
+  EXPECT_TRUE(torch::equal(received[1][1], torch::full({16 << 20}, 2.0)));   // a1
+}
+
 // The command line of a 10-step tiny run on `device`.
 std::vector<std::string> cuda_run(const std::string& dir, const std::string& device, const std::string& precision) {
   std::vector<std::string> argv = test::tiny_args(dir, 10);

@@ -1,12 +1,12 @@
 // The collective and point-to-point operations the parallel code needs, over
 // one group of ranks. Backends: Gloo for CPU tensors, NCCL for CUDA tensors.
 //
-// Every operation blocks until its result is in place, except isend, irecv
-// and all_reduce_async, which return a handle to wait on (a pipeline stage
-// sends while its peer is still busy, and posts a receive before it computes
-// so that the transfer runs meanwhile). Ranks are ranks within this group. Every call is
-// counted with its payload bytes as sent and its time, per operation, for
-// tests, the step breakdown and debug logs.
+// Every operation blocks until its result is in place, except isend, irecv,
+// batch_isend_irecv and all_reduce_async, which return a handle to wait on (a
+// pipeline stage sends while its peer is still busy, and posts a receive
+// before it computes so that the transfer runs meanwhile). Ranks are ranks
+// within this group. Every call is counted with its payload bytes as sent and
+// its time, per operation, for tests, the step breakdown and debug logs.
 #pragma once
 
 #include <cstdint>
@@ -37,6 +37,15 @@ class PendingOp {
   virtual void wait() = 0;
 };
 
+// One transfer of a batch_isend_irecv: `tensor` goes to `peer`, or arrives
+// from it into `tensor`.
+struct P2POp {
+  enum Kind { Send, Receive } kind;
+  torch::Tensor tensor;
+  int peer;
+  int tag;
+};
+
 struct OpStats {
   int64_t calls = 0;
   int64_t bytes = 0;      // as sent: bf16 travels as fp32 where the backend has no bf16
@@ -64,6 +73,13 @@ class Communicator {
   // `tensor` holds the data after wait(); until then it must stay untouched.
   std::unique_ptr<PendingOp> irecv(const torch::Tensor& tensor, int src, int tag);
   void recv(const torch::Tensor& tensor, int src, int tag) { irecv(tensor, src, tag)->wait(); }
+  // Posts the transfers as one operation and returns a handle per transfer,
+  // in order; counted as the separate sends and receives. NCCL runs this
+  // group's operations one at a time in the order posted, a send ending only
+  // once the peer's matching receive runs; a batch is one operation, so a
+  // send and the receive posted with it wait for neither (Megatron's
+  // batch_isend_irecv). A batch of one is isend or irecv.
+  std::vector<std::unique_ptr<PendingOp>> batch_isend_irecv(const std::vector<P2POp>& ops);
   void barrier();
   // Whether a receive posted early never holds up this rank's later
   // operations on the group. Gloo runs each on its own; NCCL promises no
@@ -86,13 +102,22 @@ class Communicator {
   virtual void do_broadcast(torch::Tensor& tensor, int root) = 0;
   virtual std::unique_ptr<PendingOp> do_isend(const torch::Tensor& tensor, int dst, int tag) = 0;
   virtual std::unique_ptr<PendingOp> do_irecv(torch::Tensor& tensor, int src, int tag) = 0;
+  // Backends whose transfers progress on their own (Gloo) post each alone.
+  virtual std::vector<std::unique_ptr<PendingOp>> do_batch_isend_irecv(const std::vector<P2POp>& ops);
   virtual void do_barrier() = 0;
   // Gloo reduces no bf16: such tensors then travel as fp32.
   virtual bool has_bf16() const { return true; }
 
  private:
-  // The tensor as it goes over the wire for this backend.
+  // The tensor as it goes over the wire for this backend, and the buffer a
+  // receive into `tensor` lands in.
   torch::Tensor wire(const torch::Tensor& tensor) const;
+  torch::Tensor receive_wire(const torch::Tensor& tensor) const;
+  // The handles callers wait on: failures name the group and peer; a
+  // receive's brings its wire buffer into `target`.
+  std::unique_ptr<PendingOp> sent(std::unique_ptr<PendingOp> op, int dst);
+  std::unique_ptr<PendingOp> received(std::unique_ptr<PendingOp> op, int src, torch::Tensor wire,
+                                      torch::Tensor target);
   // Runs a backend call; its failure becomes a CommunicationError that says
   // which group, operation and peer ("" for collectives) it was.
   template <typename Call>

@@ -1,19 +1,11 @@
 // Runs one stage's schedule for one optimizer step. It alone talks to the
 // neighbouring stages: activations go forward and their gradients backward
-// through the PP communicator, tagged 2c for activations into chunk c and
-// 2c + 1 for gradients into chunk c (every schedule runs each chunk's
-// transfers of a kind in microbatch order, so they match). Chunk c of the
-// last rank feeds chunk c + 1 of rank 0. Shapes follow from the config
-// ([micro_batch, seq, hidden]), so no handshake precedes a transfer.
-// Sends are asynchronous and awaited at the end of the step, so a stage never
-// waits on a neighbour that is itself waiting to send: with receives as the
-// only blocking points, every schedule that simulate_pipeline() accepts is
-// deadlock-free. Receives are posted in action order, each as soon as the
-// action before its consumer starts, so a transfer runs while this stage
-// computes the action before; posting earlier changes no order of matching,
-// and at most two receive buffers exist at once. Where the backend does not
-// let a posted receive wait alongside later sends (NCCL), each is posted by
-// the action that needs it.
+// through the PP communicator, in the batches and order plan_transfers()
+// gives for the backend (pipeline_transfers.h says who talks to whom, with
+// which tags, and why each backend's order cannot deadlock). Shapes follow
+// from the config ([micro_batch, seq, hidden]), so no handshake precedes a
+// transfer. Sends are awaited at the end of the step, receives by the action
+// that takes their data.
 //
 // A B action runs the backward with the linear layers' weight gradients
 // deferred (weight_gradients.h) and sends the input's gradient at once; its
@@ -23,13 +15,13 @@
 #include <deque>
 #include <functional>
 #include <map>
-#include <optional>
 #include <vector>
 
 #include <torch/torch.h>
 
 #include "minipretrain/distributed/communicator.h"
 #include "minipretrain/parallel/pipeline_stage.h"
+#include "minipretrain/parallel/pipeline_transfers.h"
 #include "minipretrain/parallel/schedule.h"
 #include "minipretrain/parallel/weight_gradients.h"
 
@@ -64,29 +56,18 @@ class PipelineExecutor {
 
  private:
   using Key = std::pair<int64_t, int64_t>;  // (chunk, microbatch)
-  struct Peer {
-    int rank;
-    int64_t chunk;
-  };
-  Peer previous(int64_t chunk) const;
-  Peer next(int64_t chunk) const;
   bool first_chunk(int64_t chunk) const { return stage_->is_first() && chunk == 0; }
   bool last_chunk(int64_t chunk) const { return stage_->is_last() && chunk == stage_->num_chunks() - 1; }
-  struct Transfer {
-    int peer;
-    int tag;
-  };
-  // What action `a` receives before it computes, if anything.
-  std::optional<Transfer> receive_of(const Action& a) const;
-  // Posts the receives of the actions up to `current` and of the next one
-  // after it that receives.
-  void post_receives(const std::vector<Action>& actions, size_t current);
-  // Waits for action `index`'s receive and returns its buffer.
+  // Posts the planned batches due before action `before` computes.
+  void post_batches(size_t before);
+  // Waits for action `index`'s receive and returns its buffer, or nothing
+  // if the action receives nothing.
   torch::Tensor take_receive(size_t index);
-  void forward(const Action& a, const std::vector<Microbatch>& microbatches, torch::Tensor received,
-               StepResult& result);
+  // Each returns what the action sends, if anything.
+  torch::Tensor forward(const Action& a, const std::vector<Microbatch>& microbatches, torch::Tensor received,
+                        StepResult& result);
   // A whole backward, or B (which defers the weight gradients).
-  void backward(const Action& a, torch::Tensor received, StepResult& result);
+  torch::Tensor backward(const Action& a, torch::Tensor received, StepResult& result);
   void backward_weights(const Action& a, StepResult& result);
 
   std::shared_ptr<PipelineStage> stage_;
@@ -97,6 +78,9 @@ class PipelineExecutor {
   // and output; after B, the weight gradients it deferred.
   std::map<Key, std::pair<torch::Tensor, torch::Tensor>> in_flight_;
   std::map<Key, WeightGradients> deferred_;
+  std::vector<TransferBatch> batches_;  // this step's, in order
+  size_t next_batch_ = 0;
+  std::map<size_t, torch::Tensor> unsent_;  // per action: its result, until its batch goes out
   std::vector<std::unique_ptr<PendingOp>> sends_;
   struct PostedReceive {
     size_t action;  // index in the step's actions
@@ -104,7 +88,6 @@ class PipelineExecutor {
     std::unique_ptr<PendingOp> op;
   };
   std::deque<PostedReceive> receives_;  // in action order
-  size_t unposted_ = 0;                  // the first action not yet looked at for a receive
 };
 
 }  // namespace minipretrain

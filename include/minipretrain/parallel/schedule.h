@@ -46,6 +46,11 @@ std::vector<Action> one_f_one_b_schedule(int64_t num_stages, int64_t stage, int6
 std::vector<Action> interleaved_schedule(int64_t num_stages, int64_t stage, int64_t num_microbatches,
                                          int64_t num_chunks);
 std::vector<Action> zb_h1_schedule(int64_t num_stages, int64_t stage, int64_t num_microbatches);
+// Forwards only (validation): microbatches in groups of PP through every
+// chunk in turn, as interleaved-1f1b runs its forwards. Chunk by chunk, rank
+// 0 would send a whole chunk's activations before taking any back, which
+// NCCL's in-order progress deadlocks (pipeline_transfers.h).
+std::vector<Action> forward_only_schedule(int64_t num_stages, int64_t num_microbatches, int64_t num_chunks);
 // `name` is "gpipe", "1f1b", "interleaved-1f1b" (with `num_chunks` >= 2
 // virtual stages, PP >= 2) or "zb-h1"; the others take num_chunks 1. Config
 // validation refuses the rest with a message per rule; here they throw
