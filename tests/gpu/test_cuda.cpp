@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <functional>
 #include <thread>
 
 #include "minipretrain/distributed/nccl_communicator.h"
@@ -25,6 +26,27 @@ using namespace std::chrono_literals;
 
 torch::TensorOptions on_gpu(int device = 0) {
   return torch::TensorOptions().device(torch::kCUDA, device).dtype(torch::kFloat);
+}
+
+// Runs fn(rank, communicator) for ranks 0 and 1 of an NCCL pair on GPUs 0 and
+// 1, each on its own thread, and fails with what a rank threw.
+void on_two_gpus(const std::string& name, const std::function<void(int, NcclCommunicator&)>& fn) {
+  StoreServer server("127.0.0.1", 0);
+  std::vector<std::string> errors(2);
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < 2; ++r) {
+    ranks.emplace_back([&, r] {
+      try {
+        auto store = c10::make_intrusive<SocketStore>("127.0.0.1", server.port(), 30s);
+        NcclCommunicator comm(name, store, r, 2, r, 30s);
+        fn(r, comm);
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  }
+  for (auto& t : ranks) t.join();
+  for (int r = 0; r < 2; ++r) ASSERT_EQ(errors[r], "") << "rank " << r;
 }
 
 // One rank's NCCL communicator over a store served in this process.
@@ -83,31 +105,19 @@ TEST(CudaNccl, OperationsWaitForTheirProducersAndTheirConsumersForThem) {
 
 TEST(CudaNccl, TwoRanksOnTwoGpusReduceAndExchange) {
   REQUIRE_GPUS(2);
-  StoreServer server("127.0.0.1", 0);
   std::vector<torch::Tensor> sums(2), received(2);
-  std::vector<std::string> errors(2);
-  std::vector<std::thread> ranks;
+  on_two_gpus("pair", [&](int r, NcclCommunicator& comm) {
+    torch::Tensor t = torch::full({5}, r + 1.0, on_gpu(r));
+    comm.all_reduce(t, ReduceOp::Sum);
+    sums[r] = t.cpu();
+    torch::Tensor mine = torch::full({4}, 10.0 * (r + 1), on_gpu(r)), theirs = torch::empty({4}, on_gpu(r));
+    auto send = comm.isend(mine, 1 - r, 0);
+    comm.recv(theirs, 1 - r, 0);
+    send->wait();
+    received[r] = theirs.cpu();
+  });
+  if (HasFatalFailure()) return;
   for (int r = 0; r < 2; ++r) {
-    ranks.emplace_back([&, r] {
-      try {
-        auto store = c10::make_intrusive<SocketStore>("127.0.0.1", server.port(), 30s);
-        NcclCommunicator comm("pair", store, r, 2, r, 30s);
-        torch::Tensor t = torch::full({5}, r + 1.0, on_gpu(r));
-        comm.all_reduce(t, ReduceOp::Sum);
-        sums[r] = t.cpu();
-        torch::Tensor mine = torch::full({4}, 10.0 * (r + 1), on_gpu(r)), theirs = torch::empty({4}, on_gpu(r));
-        auto send = comm.isend(mine, 1 - r, 0);
-        comm.recv(theirs, 1 - r, 0);
-        send->wait();
-        received[r] = theirs.cpu();
-      } catch (const std::exception& e) {
-        errors[r] = e.what();
-      }
-    });
-  }
-  for (auto& t : ranks) t.join();
-  for (int r = 0; r < 2; ++r) {
-    ASSERT_EQ(errors[r], "") << "rank " << r;
     EXPECT_TRUE(torch::equal(sums[r], torch::full({5}, 3.0)));
     EXPECT_TRUE(torch::equal(received[r], torch::full({4}, 10.0 * (2 - r))));
   }
@@ -120,33 +130,21 @@ TEST(CudaNccl, TwoRanksOnTwoGpusReduceAndExchange) {
 // 1's send of g0 would each wait for the other's receive, forever.
 TEST(CudaNccl, BatchedSendAndReceiveLetAPipelineStepThrough) {
   REQUIRE_GPUS(2);
-  StoreServer server("127.0.0.1", 0);
-  std::vector<std::string> errors(2);
   std::vector<std::vector<torch::Tensor>> received(2);
-  std::vector<std::thread> ranks;
-  for (int r = 0; r < 2; ++r) {
-    ranks.emplace_back([&, r] {
-      try {
-        auto store = c10::make_intrusive<SocketStore>("127.0.0.1", server.port(), 30s);
-        NcclCommunicator comm("pp", store, r, 2, r, 30s);
-        const auto full = [&](double value) { return torch::full({16 << 20}, value, on_gpu(r)); };
-        std::vector<torch::Tensor> into;  // stage 0: g0; stage 1: a0, a1
-        for (int k = 0; k < 2 - r; ++k) into.push_back(full(0));
-        std::vector<std::unique_ptr<PendingOp>> ops;
-        ops.push_back(r == 0 ? comm.isend(full(1), 1, 0) : comm.irecv(into[0], 0, 0));
-        const std::vector<P2POp> batch =
-            r == 0 ? std::vector<P2POp>{{P2POp::Send, full(2), 1, 0}, {P2POp::Receive, into[0], 1, 1}}
-                   : std::vector<P2POp>{{P2POp::Send, full(-1), 0, 1}, {P2POp::Receive, into[1], 0, 0}};
-        for (auto& op : comm.batch_isend_irecv(batch)) ops.push_back(std::move(op));
-        for (auto& op : ops) op->wait();
-        for (const torch::Tensor& t : into) received[r].push_back(t.cpu());
-      } catch (const std::exception& e) {
-        errors[r] = e.what();
-      }
-    });
-  }
-  for (auto& t : ranks) t.join();
-  for (int r = 0; r < 2; ++r) ASSERT_EQ(errors[r], "") << "rank " << r;
+  on_two_gpus("pp", [&](int r, NcclCommunicator& comm) {
+    const auto full = [&](double value) { return torch::full({16 << 20}, value, on_gpu(r)); };
+    std::vector<torch::Tensor> into;  // stage 0: g0; stage 1: a0, a1
+    for (int k = 0; k < 2 - r; ++k) into.push_back(full(0));
+    std::vector<std::unique_ptr<PendingOp>> ops;
+    ops.push_back(r == 0 ? comm.isend(full(1), 1, 0) : comm.irecv(into[0], 0, 0));
+    const std::vector<P2POp> batch =
+        r == 0 ? std::vector<P2POp>{{P2POp::Send, full(2), 1, 0}, {P2POp::Receive, into[0], 1, 1}}
+               : std::vector<P2POp>{{P2POp::Send, full(-1), 0, 1}, {P2POp::Receive, into[1], 0, 0}};
+    for (auto& op : comm.batch_isend_irecv(batch)) ops.push_back(std::move(op));
+    for (auto& op : ops) op->wait();
+    for (const torch::Tensor& t : into) received[r].push_back(t.cpu());
+  });
+  if (HasFatalFailure()) return;
   EXPECT_TRUE(torch::equal(received[0][0], torch::full({16 << 20}, -1.0)));  // g0
   EXPECT_TRUE(torch::equal(received[1][0], torch::full({16 << 20}, 1.0)));   // a0
   EXPECT_TRUE(torch::equal(received[1][1], torch::full({16 << 20}, 2.0)));   // a1
