@@ -21,57 +21,149 @@ using namespace minipretrain;
 using test::with_gloo_group;
 
 TEST(Gloo, CollectivesAndPointToPoint) {
-  with_gloo_group(3, [](int rank, Communicator& comm) {
-    torch::Tensor t = torch::full({4}, static_cast<float>(rank + 1));
-    comm.all_reduce(t, ReduceOp::Sum);
-    EXPECT_TRUE(torch::equal(t, torch::full({4}, 6.0f)));
-    torch::Tensor m = torch::full({2}, static_cast<float>(rank));
-    comm.all_reduce(m, ReduceOp::Max);
-    EXPECT_EQ(m[0].item<float>(), 2.0f);
-    torch::Tensor a = torch::full({2}, static_cast<float>(rank));
-    comm.all_reduce(a, ReduceOp::Avg);
-    EXPECT_FLOAT_EQ(a[0].item<float>(), 1.0f);
+  for (const auto rules : {test::GroupRules::Gloo, test::GroupRules::Nccl}) {
+    SCOPED_TRACE(rules == test::GroupRules::Gloo ? "Gloo" : "NCCL's rules");
+    with_gloo_group(3, [rules](int rank, Communicator& comm) {
+      torch::Tensor t = torch::full({4}, static_cast<float>(rank + 1));
+      comm.all_reduce(t, ReduceOp::Sum);
+      EXPECT_TRUE(torch::equal(t, torch::full({4}, 6.0f)));
+      torch::Tensor m = torch::full({2}, static_cast<float>(rank));
+      comm.all_reduce(m, ReduceOp::Max);
+      EXPECT_EQ(m[0].item<float>(), 2.0f);
+      torch::Tensor a = torch::full({2}, static_cast<float>(rank));
+      comm.all_reduce_async(a, ReduceOp::Avg)->wait();
+      EXPECT_FLOAT_EQ(a[0].item<float>(), 1.0f);
 
-    torch::Tensor gathered = comm.all_gather(torch::full({2, 1}, static_cast<float>(rank)), 1);
-    EXPECT_TRUE(torch::equal(gathered, torch::tensor({{0.f, 1.f, 2.f}, {0.f, 1.f, 2.f}})));
-    torch::Tensor scattered = comm.reduce_scatter(torch::arange(6, torch::kFloat));
-    EXPECT_TRUE(torch::equal(scattered, torch::arange(6, torch::kFloat).chunk(3)[rank] * 3));
-    torch::Tensor b = torch::full({3}, static_cast<float>(rank));
-    comm.broadcast(b, 2);
-    EXPECT_EQ(b[1].item<float>(), 2.0f);
+      torch::Tensor gathered = comm.all_gather(torch::full({2, 1}, static_cast<float>(rank)), 1);
+      EXPECT_TRUE(torch::equal(gathered, torch::tensor({{0.f, 1.f, 2.f}, {0.f, 1.f, 2.f}})));
+      torch::Tensor scattered = comm.reduce_scatter(torch::arange(6, torch::kFloat));
+      EXPECT_TRUE(torch::equal(scattered, torch::arange(6, torch::kFloat).chunk(3)[rank] * 3));
+      torch::Tensor b = torch::full({3}, static_cast<float>(rank));
+      comm.broadcast(b, 2);
+      EXPECT_EQ(b[1].item<float>(), 2.0f);
 
-    // A ring: everyone sends before receiving, which only works if sends don't block.
-    auto send = comm.isend(torch::full({5}, static_cast<float>(rank)), (rank + 1) % 3, 0);
-    torch::Tensor got = torch::empty({5});
-    comm.recv(got, (rank + 2) % 3, 0);
-    send->wait();
-    EXPECT_EQ(got[0].item<float>(), static_cast<float>((rank + 2) % 3));
-    comm.barrier();
+      // A ring: everyone sends before receiving. Gloo's sends do not wait for
+      // their receive; under NCCL's rules they do, so the pair goes as one batch.
+      const torch::Tensor mine = torch::full({5}, static_cast<float>(rank));
+      torch::Tensor got = torch::empty({5});
+      if (rules == test::GroupRules::Gloo) {
+        auto send = comm.isend(mine, (rank + 1) % 3, 0);
+        comm.recv(got, (rank + 2) % 3, 0);
+        send->wait();
+      } else {
+        for (auto& h : comm.batch_isend_irecv({{P2POp::Send, mine, (rank + 1) % 3, 0},
+                                               {P2POp::Receive, got, (rank + 2) % 3, 0}}))
+          h->wait();
+      }
+      EXPECT_EQ(got[0].item<float>(), static_cast<float>((rank + 2) % 3));
+      comm.barrier();
 
-    EXPECT_EQ(comm.stats().at("all_reduce").calls, 3);
+      EXPECT_EQ(comm.stats().at("all_reduce").calls, 3);
+    }, rules);
+  }
+}
+
+// The 1F1B exchange of the issue that brought these rules in, at PP 2 with
+// two microbatches: stage 0 sends a0, sends a1, receives g0; stage 1
+// receives a0, sends g0, receives a1. Gloo completes it; under NCCL's rules
+// stage 0's second send waits behind nothing but for a receive that stage 1
+// has queued behind its own send, which waits for stage 0's receive, queued
+// behind that second send. Sent as Megatron batches them, it completes.
+namespace {
+
+void one_f_one_b_exchange(int rank, Communicator& pp, bool batched) {
+  const torch::Tensor a0 = torch::full({4}, 1.0f), a1 = torch::full({4}, 2.0f), g0 = torch::full({4}, 3.0f);
+  torch::Tensor got_a0 = torch::empty({4}), got_a1 = torch::empty({4}), got_g0 = torch::empty({4});
+  std::vector<std::unique_ptr<PendingOp>> handles;
+  const auto post = [&](std::vector<P2POp> ops) {
+    if (!batched) {
+      for (const P2POp& op : ops) handles.push_back(op.kind == P2POp::Send ? pp.isend(op.tensor, op.peer, op.tag)
+                                                                             : pp.irecv(op.tensor, op.peer, op.tag));
+      return;
+    }
+    for (auto& h : pp.batch_isend_irecv(ops)) handles.push_back(std::move(h));
+  };
+  if (rank == 0) {
+    post({{P2POp::Send, a0, 1, 0}});
+    post({{P2POp::Send, a1, 1, 0}, {P2POp::Receive, got_g0, 1, 1}});
+  } else {
+    post({{P2POp::Receive, got_a0, 0, 0}});
+    post({{P2POp::Send, g0, 0, 1}, {P2POp::Receive, got_a1, 0, 0}});
+  }
+  for (auto& h : handles) h->wait();
+  if (rank == 0) {
+    EXPECT_TRUE(torch::equal(got_g0, g0));
+  } else {
+    EXPECT_TRUE(torch::equal(got_a0, a0));
+    EXPECT_TRUE(torch::equal(got_a1, a1));
+  }
+}
+
+// `exchange` completes on Gloo and, under NCCL's rules, fails at the
+// group's timeout with an error that names the group.
+void expect_only_nccl_rules_hang(const std::function<void(int, Communicator&)>& exchange) {
+  with_gloo_group(2, exchange);
+  const auto started = std::chrono::steady_clock::now();
+  try {
+    with_gloo_group(2, exchange, test::GroupRules::Nccl, std::chrono::seconds(3));
+    FAIL() << "completed under NCCL's rules";
+  } catch (const CommunicationError& e) {
+    EXPECT_NE(std::string(e.what()).find("test "), std::string::npos) << e.what();
+  }
+  EXPECT_GE(std::chrono::steady_clock::now() - started, std::chrono::seconds(3));
+}
+
+}  // namespace
+
+TEST(NcclRules, SendsPostedOneByOneDeadlockWhereGlooGoesOn) {
+  expect_only_nccl_rules_hang([](int rank, Communicator& pp) { one_f_one_b_exchange(rank, pp, false); });
+}
+
+TEST(NcclRules, BatchedSendAndReceiveComplete) {
+  with_gloo_group(2, [](int rank, Communicator& pp) { one_f_one_b_exchange(rank, pp, true); },
+                  test::GroupRules::Nccl, std::chrono::seconds(30));
+}
+
+// One group's operations run in the order posted: an all-reduce queued
+// behind a send waits for that send's receive, here posted after the peer's
+// own all-reduce.
+TEST(NcclRules, AnAllReduceQueuedBehindASendWaitsForItsReceive) {
+  expect_only_nccl_rules_hang([](int rank, Communicator& comm) {
+    torch::Tensor sum = torch::ones({1});
+    if (rank == 0) {
+      auto send = comm.isend(torch::ones({2}), 1, 0);
+      comm.all_reduce_async(sum)->wait();
+      send->wait();
+    } else {
+      comm.all_reduce(sum);
+      comm.recv(torch::empty({2}), 0, 0);
+    }
+    EXPECT_EQ(sum.item<float>(), 2.0f);
   });
 }
 
 // A batch posts its transfers together and counts them as the separate
 // sends and receives (bf16 travels as fp32 on Gloo, both ways).
 TEST(Gloo, BatchedSendsAndReceivesCountAsTheirParts) {
-  with_gloo_group(2, [](int rank, Communicator& comm) {
-    const int peer = 1 - rank;
-    const torch::Tensor mine = torch::full({3}, static_cast<float>(rank + 1)).to(torch::kBFloat16);
-    torch::Tensor theirs = torch::empty({3}, torch::kBFloat16), extra = torch::empty({2});
-    auto handles = comm.batch_isend_irecv({{P2POp::Send, mine, peer, 0},
-                                           {P2POp::Receive, theirs, peer, 0},
-                                           {P2POp::Send, torch::full({2}, 7.0f), peer, 1},
-                                           {P2POp::Receive, extra, peer, 1}});
-    ASSERT_EQ(handles.size(), 4u);
-    for (auto& h : handles) h->wait();
-    EXPECT_TRUE(torch::equal(theirs, torch::full({3}, static_cast<float>(peer + 1)).to(torch::kBFloat16)));
-    EXPECT_TRUE(torch::equal(extra, torch::full({2}, 7.0f)));
-    EXPECT_EQ(comm.stats().at("send").calls, 2);
-    EXPECT_EQ(comm.stats().at("recv").calls, 2);
-    EXPECT_EQ(comm.stats().at("send").bytes, 5 * 4);
-    EXPECT_EQ(comm.stats().at("recv").bytes, 5 * 4);
-  });
+  for (const auto rules : {test::GroupRules::Gloo, test::GroupRules::Nccl}) {
+    with_gloo_group(2, [](int rank, Communicator& comm) {
+      const int peer = 1 - rank;
+      const torch::Tensor mine = torch::full({3}, static_cast<float>(rank + 1)).to(torch::kBFloat16);
+      torch::Tensor theirs = torch::empty({3}, torch::kBFloat16), extra = torch::empty({2});
+      auto handles = comm.batch_isend_irecv({{P2POp::Send, mine, peer, 0},
+                                             {P2POp::Receive, theirs, peer, 0},
+                                             {P2POp::Send, torch::full({2}, 7.0f), peer, 1},
+                                             {P2POp::Receive, extra, peer, 1}});
+      ASSERT_EQ(handles.size(), 4u);
+      for (auto& h : handles) h->wait();
+      EXPECT_TRUE(torch::equal(theirs, torch::full({3}, static_cast<float>(peer + 1)).to(torch::kBFloat16)));
+      EXPECT_TRUE(torch::equal(extra, torch::full({2}, 7.0f)));
+      EXPECT_EQ(comm.stats().at("send").calls, 2);
+      EXPECT_EQ(comm.stats().at("recv").calls, 2);
+      EXPECT_EQ(comm.stats().at("send").bytes, 5 * 4);
+      EXPECT_EQ(comm.stats().at("recv").bytes, 5 * 4);
+    }, rules);
+  }
 }
 
 TEST(VocabParallelCrossEntropy, EqualsPlainCrossEntropy) {

@@ -15,6 +15,7 @@
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
 
 #include "minipretrain/distributed/gloo_communicator.h"
+#include "minipretrain/distributed/nccl_rules_communicator.h"
 
 extern char** environ;
 
@@ -106,7 +107,9 @@ std::vector<std::unique_ptr<Process>> start_ranks(int world, const std::vector<s
                      {"LOCAL_RANK", std::to_string(r)},
                      {"LOCAL_WORLD_SIZE", std::to_string(world)},
                      {"MASTER_ADDR", "127.0.0.1"},
-                     {"MASTER_PORT", port}});
+                     {"MASTER_PORT", port},
+                     // What would hang on GPUs hangs here too.
+                     {"MINIPRETRAIN_NCCL_RULES", "1"}});
     processes.push_back(std::make_unique<Process>(argv, rank_env));
   }
   return processes;
@@ -165,15 +168,20 @@ std::vector<std::string> tiny_args(const std::string& output_dir, int max_steps)
           "--output-dir", output_dir};
 }
 
-void with_gloo_group(int world, const std::function<void(int, Communicator&)>& fn) {
+void with_gloo_group(int world, const std::function<void(int, Communicator&)>& fn, GroupRules rules,
+                     std::chrono::milliseconds timeout) {
   auto store = c10::make_intrusive<c10d::HashStore>();
   std::vector<std::thread> threads;
   std::vector<std::exception_ptr> errors(world);
   for (int r = 0; r < world; ++r)
     threads.emplace_back([&, r] {
       try {
-        GlooCommunicator comm("test", store, r, world, std::chrono::seconds(60), "127.0.0.1");
-        fn(r, comm);
+        std::unique_ptr<Communicator> comm;
+        if (rules == GroupRules::Nccl)
+          comm = std::make_unique<NcclRulesCommunicator>("test", store, r, world, timeout, "127.0.0.1");
+        else
+          comm = std::make_unique<GlooCommunicator>("test", store, r, world, timeout, "127.0.0.1");
+        fn(r, *comm);
       } catch (...) {
         errors[r] = std::current_exception();
       }

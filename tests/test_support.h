@@ -2,6 +2,7 @@
 // metrics.jsonl, running a function on N threads that form a Gloo group.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
@@ -38,7 +39,8 @@ ProcessResult run(const std::vector<std::string>& argv, const std::map<std::stri
                   double timeout_seconds = 300);
 
 // The binary with `args`, as `world` processes with torchrun's variables
-// (and `env`), started and left running.
+// (and `env`), started and left running. Their tp, dp and pp groups keep
+// NCCL's rules (MINIPRETRAIN_NCCL_RULES=1) unless `env` says otherwise.
 std::vector<std::unique_ptr<Process>> start_ranks(int world, const std::vector<std::string>& args,
                                                   const std::map<std::string, std::string>& env = {});
 // The same, waited for.
@@ -58,8 +60,11 @@ std::map<int64_t, nlohmann::json> read_metrics(const std::string& output_dir, co
 // The small GQA model every run test uses, as command-line flags.
 std::vector<std::string> tiny_args(const std::string& output_dir, int max_steps);
 
-// Runs fn(rank, communicator) on `world` threads joined into one Gloo group.
-void with_gloo_group(int world, const std::function<void(int, Communicator&)>& fn);
+// Runs fn(rank, communicator) on `world` threads joined into one Gloo group,
+// as it is or keeping NCCL's rules (NcclRulesCommunicator).
+enum class GroupRules { Gloo, Nccl };
+void with_gloo_group(int world, const std::function<void(int, Communicator&)>& fn, GroupRules rules = GroupRules::Gloo,
+                     std::chrono::milliseconds timeout = std::chrono::seconds(60));
 
 // ||a - b|| / ||b||: fp32 sums in another order differ by ~1e-7 of the
 // tensor's scale, which an element-wise ratio on near-zero entries inflates.

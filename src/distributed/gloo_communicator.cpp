@@ -44,8 +44,10 @@ GlooCommunicator::GlooCommunicator(std::string name, const c10::intrusive_ptr<c1
   group_ = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, rank, size, options);
 }
 
+// Calls between this class's operations name the class: a subclass that
+// queues its operations (NcclRulesCommunicator) runs these from its queue.
 void GlooCommunicator::do_all_reduce(torch::Tensor& tensor, ReduceOp op) {
-  do_all_reduce_async(tensor, op)->wait();
+  GlooCommunicator::do_all_reduce_async(tensor, op)->wait();
 }
 
 std::unique_ptr<PendingOp> GlooCommunicator::do_all_reduce_async(torch::Tensor& tensor, ReduceOp op) {
@@ -67,7 +69,7 @@ torch::Tensor GlooCommunicator::do_all_gather(const torch::Tensor& tensor, int64
 
 torch::Tensor GlooCommunicator::do_reduce_scatter(const torch::Tensor& tensor) {
   torch::Tensor sum = tensor.contiguous().clone();
-  do_all_reduce(sum, ReduceOp::Sum);
+  GlooCommunicator::do_all_reduce(sum, ReduceOp::Sum);
   return sum.chunk(size(), 0)[rank()].clone();
 }
 

@@ -7,6 +7,7 @@
 #include "minipretrain/distributed/network.h"
 #include "minipretrain/distributed/rendezvous.h"
 #include "minipretrain/distributed/nccl_communicator.h"
+#include "minipretrain/distributed/nccl_rules_communicator.h"
 
 namespace minipretrain {
 namespace {
@@ -14,14 +15,17 @@ namespace {
 constexpr int kDefaultMasterPort = 29500;
 
 // The communicator follows the device: Gloo (bound to `gloo_address`) for CPU
-// tensors, NCCL for CUDA.
+// tensors, NCCL for CUDA. A device group on the CPU keeps NCCL's rules when
+// asked (tests), so that what would hang on GPUs hangs here too.
 std::shared_ptr<Communicator> make_group(const std::string& name, const c10::intrusive_ptr<c10d::Store>& store,
-                                         int rank, int size, const torch::Device& device,
+                                         int rank, int size, const torch::Device& device, bool device_group,
                                          std::chrono::milliseconds timeout, const std::string& gloo_address) {
   if (size == 1) return std::make_shared<SoloCommunicator>(name);
   if (device.is_cuda()) {
     return std::make_shared<NcclCommunicator>(name, store, rank, size, device.index(), timeout);
   }
+  if (device_group && NcclRulesCommunicator::requested())
+    return std::make_shared<NcclRulesCommunicator>(name, store, rank, size, timeout, gloo_address);
   return std::make_shared<GlooCommunicator>(name, store, rank, size, timeout, gloo_address);
 }
 
@@ -62,6 +66,8 @@ ParallelState::ParallelState(const LaunchEnv& env, const Config& config, const t
     spdlog::info("Gloo binds to {}{}: {}", gloo_address.address,
                  gloo_address.interface.empty() ? "" : " on " + gloo_address.interface, gloo_address.reason);
   check_peers_reachable(store, where, global_rank, world_size, gloo_address.address, timeout);
+  if (global_rank == 0 && !device.is_cuda() && NcclRulesCommunicator::requested())
+    spdlog::info("The tp, dp and pp groups keep NCCL's rules (MINIPRETRAIN_NCCL_RULES=1)");
 
   const Layout& l = layout_;
   const Coordinates& c = coords_;
@@ -69,13 +75,13 @@ ParallelState::ParallelState(const LaunchEnv& env, const Config& config, const t
   // The step-boundary vote, non-finite reports, validation loss and the save
   // and resume agreements are host numbers: a CPU group for them, as PyTorch
   // and Megatron keep, instead of copying each to the GPU for NCCL.
-  world_ = make_group("world", store, global_rank, static_cast<int>(l.world()), torch::kCPU, timeout, bound);
+  world_ = make_group("world", store, global_rank, static_cast<int>(l.world()), torch::kCPU, false, timeout, bound);
   tp_ = make_group("tp.pp" + std::to_string(c.pp) + ".dp" + std::to_string(c.dp), store, static_cast<int>(c.tp),
-                   static_cast<int>(l.tp), device, timeout, bound);
+                   static_cast<int>(l.tp), device, true, timeout, bound);
   dp_ = make_group("dp.pp" + std::to_string(c.pp) + ".tp" + std::to_string(c.tp), store, static_cast<int>(c.dp),
-                   static_cast<int>(l.dp), device, timeout, bound);
+                   static_cast<int>(l.dp), device, true, timeout, bound);
   pp_ = make_group("pp.dp" + std::to_string(c.dp) + ".tp" + std::to_string(c.tp), store, static_cast<int>(c.pp),
-                   static_cast<int>(l.pp), device, timeout, bound);
+                   static_cast<int>(l.pp), device, true, timeout, bound);
 }
 
 std::string ParallelState::describe() const {
