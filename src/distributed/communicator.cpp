@@ -1,11 +1,14 @@
 #include "minipretrain/distributed/communicator.h"
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 
 namespace minipretrain {
 
 namespace {
+
+std::atomic<int64_t> step_now{-1};
 
 using Clock = std::chrono::steady_clock;
 
@@ -74,6 +77,9 @@ std::string peer_of(const char* direction, int peer, int size) {
 }
 
 }  // namespace
+
+void set_current_step(int64_t step) { step_now.store(step, std::memory_order_relaxed); }
+int64_t current_step() { return step_now.load(std::memory_order_relaxed); }
 
 template <typename Call>
 auto Communicator::guarded(const char* op, const std::string& peer, Call&& call) {

@@ -253,6 +253,7 @@ bool Trainer::run() {
   for (int64_t step = start_step_; step <= max_steps; ++step) {
     try {
       for (Communicator* c : {&parallel_.tp(), &parallel_.dp(), &parallel_.pp()}) c->reset_stats();
+      set_current_step(step);
       StepStats stats = train_step(step);
       if (!stats.boundary.non_finite) skipped_in_a_row_ = 0;
       elapsed_ += stats.seconds;

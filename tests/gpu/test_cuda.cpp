@@ -5,7 +5,10 @@
 // CUDA build of LibTorch.
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+
 #include <chrono>
+#include <cstdio>
 #include <functional>
 #include <thread>
 
@@ -148,6 +151,33 @@ TEST(CudaNccl, BatchedSendAndReceiveLetAPipelineStepThrough) {
   EXPECT_TRUE(torch::equal(received[0][0], torch::full({16 << 20}, -1.0)));  // g0
   EXPECT_TRUE(torch::equal(received[1][0], torch::full({16 << 20}, 1.0)));   // a0
   EXPECT_TRUE(torch::equal(received[1][1], torch::full({16 << 20}, 2.0)));   // a1
+}
+
+// ProcessGroupNCCL's watchdog and the non-blocking communicator creation
+// bound a wait for a peer that never comes: rank 0 of a pair whose rank 1
+// never starts ends non-zero, naming NCCL, well within a minute of a 5 s
+// timeout (in a child process: the watchdog takes the whole process down).
+TEST(CudaNccl, APeerThatNeverComesEndsTheRankWithinTheTimeout) {
+  REQUIRE_GPUS(1);
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const auto started = std::chrono::steady_clock::now();
+  EXPECT_EXIT(
+      {
+        StoreServer server("127.0.0.1", 0);
+        auto store = c10::make_intrusive<SocketStore>("127.0.0.1", server.port(), 5s);
+        try {
+          NcclCommunicator comm("lonely", store, 0, 2, 0, 5s);
+          torch::Tensor t = torch::ones({4}, on_gpu());
+          comm.all_reduce(t, ReduceOp::Sum);
+          torch::cuda::synchronize();
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "%s\n", e.what());
+          std::_Exit(1);
+        }
+        std::_Exit(0);
+      },
+      [](int status) { return !(WIFEXITED(status) && WEXITSTATUS(status) == 0); }, "NCCL|nccl|lonely");
+  EXPECT_LT(std::chrono::steady_clock::now() - started, 60s);
 }
 
 // The command line of a 10-step tiny run on `device`.

@@ -29,6 +29,11 @@ struct CommunicationError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The training step now running, which failures that no caller sees (NCCL's
+// watchdog ending the process) name; -1 outside training.
+void set_current_step(int64_t step);
+int64_t current_step();
+
 // An operation in flight (a send, an asynchronous all-reduce); wait()
 // returns once its tensor may be reused, or read for a result.
 class PendingOp {

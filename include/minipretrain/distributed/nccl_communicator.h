@@ -1,15 +1,15 @@
-// Communicator over plain NCCL, for CUDA tensors. Rank 0 creates the NCCL unique id and passes it through the store.
+// Communicator over c10d's ProcessGroupNCCL, for CUDA tensors: the process
+// group every PyTorch multi-GPU job runs on, with its watchdog (an operation
+// that outlives the timeout, or an NCCL error, takes the process down with a
+// line naming the group and the operation), its bounded communicator
+// creation and its abort.
 //
-// Every operation runs on a stream of its own, ordered by CUDA events after
-// the kernels LibTorch queued before it (they produce its data); LibTorch's
-// later kernels wait for a blocking operation's result, and for an
-// asynchronous one's once it is waited for. The host never waits for the
-// device (except in barrier), so collectives and transfers overlap compute
-// queued around them. Single sends run on a stream of their own; still, NCCL
-// runs one communicator's operations in the order they were posted, whatever
-// the stream, and a send ends only once the peer's matching receive runs, so
-// transfers that must progress together go as one NCCL group
-// (batch_isend_irecv).
+// Operations run on the group's NCCL streams after the kernels queued before
+// them; waiting for one makes LibTorch's later kernels wait for it, not the
+// host (except barrier). NCCL runs one communicator's operations in the order
+// posted and a send ends only once the peer's matching receive runs, so every
+// transfer goes out as an NCCL group (batch_isend_irecv; a single send is a
+// group of one), on the group's own communicator.
 #pragma once
 
 #include <chrono>
@@ -23,10 +23,13 @@ namespace minipretrain {
 
 class NcclCommunicator : public Communicator {
  public:
-  // Throws std::runtime_error with the CUDA or NCCL reason when no GPU can be
-  // used, for example on a machine without one.
+  // Joins the group named `name` on GPU `device`; fails within `timeout`
+  // when a member never comes. Throws std::runtime_error with the CUDA reason
+  // when no GPU can be used, for example on a machine without one.
   NcclCommunicator(std::string name, const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
                    int device, std::chrono::milliseconds timeout);
+  // Aborts the NCCL communicators when an error unwinds through it (waiting
+  // for kernels stuck on a dead peer would never end); shuts down otherwise.
   ~NcclCommunicator() override;
   bool receives_post_ahead() const override { return false; }
 
@@ -42,7 +45,7 @@ class NcclCommunicator : public Communicator {
   void do_barrier() override;
 
  private:
-  struct State;  // NCCL and CUDA handles, kept out of this header
+  struct State;  // the process group, kept out of this header
   std::unique_ptr<State> state_;
 };
 
