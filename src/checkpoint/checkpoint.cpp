@@ -1,4 +1,5 @@
 #include "minipretrain/checkpoint/checkpoint.h"
+
 #include "minipretrain/checkpoint/safetensors.h"
 #include "minipretrain/checkpoint/tensor_source.h"
 
@@ -7,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -14,6 +16,7 @@
 #include <regex>
 
 #include "minipretrain/config/faults.h"
+#include "minipretrain/config/json_input.h"
 
 #include <spdlog/spdlog.h>
 
@@ -109,10 +112,11 @@ void clean_output_dir(const fs::path& output_dir, int64_t keep, const fs::path& 
 
 void check_same_model(const nlohmann::json& saved, const Config& config, const std::string& what) {
   const nlohmann::json now = to_json(config);
+  if (!saved.is_object()) throw CheckpointError(what + " has a config that is not a JSON object");
   for (const char* key : {"vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_attention_heads",
                           "num_key_value_heads", "rope_theta", "rms_norm_eps"}) {
     if (saved.value(key, nlohmann::json()) != now.at(key))
-      throw CheckpointError(what + " has " + key + "=" + saved.value(key, nlohmann::json()).dump() +
+      throw CheckpointError(what + " has " + key + "=" + json_excerpt(saved.value(key, nlohmann::json())) +
                             " but this run has " + now.at(key).dump());
   }
 }
@@ -144,12 +148,10 @@ void write_file_durably(const std::string& path, const std::string& text) {
 }
 
 nlohmann::json read_json_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw CheckpointError("cannot read " + path);
   try {
-    return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw CheckpointError(path + " is corrupt: " + e.what());
+    return read_json(path);
+  } catch (const JsonInputError& e) {
+    throw CheckpointError(e.what());
   }
 }
 
@@ -181,8 +183,13 @@ std::map<std::string, torch::Tensor> read_named_shard(const std::string& path_pr
   if (file.bytes != index.value("bytes", uint64_t{0}) || file.hash != hash)
     throw CheckpointError(path_prefix + ".safetensors is corrupt: its size or hash does not match " + path_prefix +
                           ".json");
-  if (specs)
-    for (const auto& [name, spec] : index.at("specs").items()) (*specs)[name] = shard_spec_from_json(spec);
+  if (specs) {
+    try {
+      for (const auto& [name, spec] : index.at("specs").items()) (*specs)[name] = shard_spec_from_json(spec);
+    } catch (const std::exception& e) {  // JSON types and ranges alike
+      throw CheckpointError(path_prefix + ".json is corrupt: " + e.what());
+    }
+  }
   return file.tensors;
 }
 
@@ -229,7 +236,12 @@ int64_t checkpoint_step(const std::string& checkpoint_dir) {
   static const std::regex pattern("checkpoint-(\\d+)");
   std::smatch match;
   const std::string name = fs::path(checkpoint_dir).filename().string();
-  return std::regex_match(name, match, pattern) ? std::stoll(match[1]) : -1;
+  if (!std::regex_match(name, match, pattern)) return -1;
+  // A stray name with a number no run reaches is not a checkpoint.
+  int64_t step = -1;
+  const std::string digits = match[1];
+  const auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), step);
+  return error == std::errc() && end == digits.data() + digits.size() && step <= kMaxStep ? step : -1;
 }
 
 std::string find_latest_checkpoint(const std::string& output_dir) {
@@ -238,18 +250,32 @@ std::string find_latest_checkpoint(const std::string& output_dir) {
 }
 
 TrainingProgress load_checkpoint(const std::string& dir, const NamedState& state, const Config& config) {
-  const nlohmann::json meta = read_json_file((fs::path(dir) / "meta.json").string());
-  if (!meta.contains("config") || !meta.contains("step"))
-    throw CheckpointError(dir + "/meta.json is incomplete");
+  const std::string meta_path = (fs::path(dir) / "meta.json").string();
+  const nlohmann::json meta = read_json_file(meta_path);
+  if (!meta.is_object() || !meta.contains("config") || !meta.contains("step"))
+    throw CheckpointError(meta_path + " is incomplete");
+  TrainingProgress progress;
+  try {
+    progress.step = json_integer(meta, "step", 0, kMaxStep, meta_path);
+    progress.consumed_samples =
+        meta.contains("consumed_samples") ? json_integer(meta, "consumed_samples", 0, int64_t{1} << 62, meta_path) : 0;
+  } catch (const JsonInputError& e) {
+    throw CheckpointError(e.what());
+  }
+  if (const int64_t named = checkpoint_step(dir); named >= 0 && named != progress.step)
+    throw CheckpointError(meta_path + " says step " + std::to_string(progress.step) + " but the directory is step " +
+                          std::to_string(named));
   check_compatible(meta.at("config"), config, dir);
   TensorSource source = TensorSource::from_checkpoint(dir);
   if (!source.has("optim/step"))
     throw CheckpointError("checkpoint " + dir + " holds weights only (made by import): start from it with --init-from");
   for (const auto& [name, entry] : state) source.read_into(name, entry.tensor, entry.spec);
   const nlohmann::json layout = meta.value("layout", nlohmann::json::object());
-  return {meta.at("step").get<int64_t>(), meta.value("consumed_samples", int64_t{0}),
-          "TP " + layout.value("tp", nlohmann::json(1)).dump() + " x PP " + layout.value("pp", nlohmann::json(1)).dump() +
-              " x DP " + layout.value("dp", nlohmann::json(1)).dump()};
+  const auto size = [&](const char* key) {
+    return layout.is_object() && layout.contains(key) ? json_excerpt(layout.at(key)) : std::string("1");
+  };
+  progress.layout = "TP " + size("tp") + " x PP " + size("pp") + " x DP " + size("dp");
+  return progress;
 }
 
 std::map<std::string, torch::Tensor> load_full_tensors(const std::string& dir, const std::string& file_prefix) {

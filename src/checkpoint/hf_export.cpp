@@ -71,11 +71,10 @@ nlohmann::json hf_tokenizer_config(const ModelConfig& m, const HfExportOptions& 
 
 Config read_checkpoint_config(const std::string& checkpoint_dir) {
   const fs::path path = fs::path(checkpoint_dir) / "meta.json";
-  std::ifstream in(path);
-  if (!in) throw CheckpointError(checkpoint_dir + " is not a checkpoint: " + path.string() + " is missing");
+  if (!fs::exists(path)) throw CheckpointError(checkpoint_dir + " is not a checkpoint: " + path.string() + " is missing");
   Config config;
   try {
-    const nlohmann::json meta = nlohmann::json::parse(in);
+    const nlohmann::json meta = read_json_file(path.string());
     apply_json(config, meta.at("config"), path.string());
   } catch (const nlohmann::json::exception& e) {
     throw CheckpointError(path.string() + " is corrupt: " + e.what());

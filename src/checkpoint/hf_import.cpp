@@ -1,10 +1,12 @@
 #include "minipretrain/checkpoint/hf_import.h"
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
 #include "minipretrain/checkpoint/hf_export.h"
 #include "minipretrain/checkpoint/tensor_source.h"
+#include "minipretrain/config/json_input.h"
 #include "minipretrain/distributed/communicator.h"
 #include "minipretrain/model/stage.h"
 
@@ -43,14 +45,19 @@ ModelConfig read_hf_config(const std::string& hf_dir) {
       if (c.value(bias, false)) refuse(std::string(bias) + " true is not supported (no biases)");
     if (c.value("hidden_act", std::string("silu")) != "silu")
       refuse("hidden_act '" + c.at("hidden_act").get<std::string>() + "' is not supported (SwiGLU with silu only)");
+    // Whole numbers in range before anything is sized by them; config
+    // validation then applies the model's own rules.
+    const auto size = [&](const char* key) { return json_integer(c, key, 1, int64_t{1} << 24, file); };
     ModelConfig m;
-    m.vocab_size = c.at("vocab_size").get<int64_t>();
-    m.hidden_size = c.at("hidden_size").get<int64_t>();
-    m.intermediate_size = c.at("intermediate_size").get<int64_t>();
-    m.num_layers = c.at("num_hidden_layers").get<int64_t>();
-    m.num_attention_heads = c.at("num_attention_heads").get<int64_t>();
-    m.num_key_value_heads = c.value("num_key_value_heads", m.num_attention_heads);
-    m.max_seq_length = c.value("max_position_embeddings", m.max_seq_length);
+    m.vocab_size = size("vocab_size");
+    m.hidden_size = size("hidden_size");
+    m.intermediate_size = size("intermediate_size");
+    m.num_layers = size("num_hidden_layers");
+    m.num_attention_heads = size("num_attention_heads");
+    m.num_key_value_heads = c.contains("num_key_value_heads") && !c.at("num_key_value_heads").is_null()
+                                ? size("num_key_value_heads")
+                                : m.num_attention_heads;
+    if (c.contains("max_position_embeddings")) m.max_seq_length = size("max_position_embeddings");
     m.rope_theta = rope.value("rope_theta", c.value("rope_theta", 10000.0));
     m.rms_norm_eps = c.value("rms_norm_eps", 1e-6);  // LlamaConfig's default
     m.init_std = c.value("initializer_range", m.init_std);
@@ -60,6 +67,8 @@ ModelConfig read_hf_config(const std::string& hf_dir) {
     return m;
   } catch (const nlohmann::json::exception& e) {
     throw CheckpointError(file + ": " + e.what());
+  } catch (const JsonInputError& e) {
+    throw CheckpointError(e.what());
   }
 }
 
@@ -72,6 +81,12 @@ void import_hugging_face(const std::string& hf_dir, const std::string& checkpoin
     throw CheckpointError(hf_dir + "/config.json: " + e.what());
   }
   TensorSource source = TensorSource::from_hugging_face(hf_dir, kModelPrefix);
+  // Sizes from config.json against what the files hold, before anything is
+  // allocated by them.
+  const int64_t described = count_parameters(config.model).total(), held = source.elements();
+  if (described != held)
+    throw CheckpointError(hf_dir + ": config.json describes " + std::to_string(described) +
+                          " parameters but the weight files hold " + std::to_string(held) + " values");
   // The model says which tensors it has and their full shapes; its
   // parameters are allocated but never touched.
   Stage model(config.model, StagePosition{}, std::make_shared<SoloCommunicator>("tp"));
@@ -81,9 +96,15 @@ void import_hugging_face(const std::string& hf_dir, const std::string& checkpoin
     const std::string key = kModelPrefix + name;
     torch::Tensor full = torch::empty(slot.spec.full_shape, torch::kFloat);
     source.read_into(key, full, std::nullopt);
+    if (!torch::isfinite(full).all().item<bool>())
+      throw CheckpointError(hf_dir + ": " + name + " holds NaN or infinite values; refusing to import it");
     tensors[key] = full;
     specs[key] = slot.spec;
   }
+  for (const std::string& name : source.names())
+    if (!tensors.count(name))
+      throw CheckpointError(hf_dir + " holds " + name.substr(std::strlen(kModelPrefix)) +
+                            ", which the model config.json describes has not (more layers than num_hidden_layers?)");
   const fs::path final_dir(checkpoint_dir), tmp_dir = checkpoint_dir + ".tmp";
   if (fs::exists(final_dir)) throw CheckpointError(checkpoint_dir + " already exists; import writes a new directory");
   fs::remove_all(tmp_dir);

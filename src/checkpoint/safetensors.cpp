@@ -7,6 +7,8 @@
 #include <nlohmann/json.hpp>
 #include <xxhash.h>
 
+#include "minipretrain/config/json_input.h"
+
 namespace minipretrain {
 namespace {
 
@@ -103,7 +105,8 @@ SafetensorsIndex parse_index(const std::string& path, const std::string& text, u
   index.data_start = 8 + text.size();
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(text);
+    header = parse_json(text, path + " header");
+    if (!header.is_object()) throw SafetensorsError(path + " has a corrupt header: not a JSON object");
     for (const auto& [name, info] : header.items()) {
       if (name == "__metadata__") {
         index.metadata = info.get<std::map<std::string, std::string>>();
@@ -117,6 +120,8 @@ SafetensorsIndex parse_index(const std::string& path, const std::string& text, u
     }
   } catch (const nlohmann::json::exception& e) {
     throw SafetensorsError(path + " has a corrupt header: " + e.what());
+  } catch (const JsonInputError& e) {
+    throw SafetensorsError(e.what());
   }
   std::vector<std::pair<uint64_t, const std::string*>> order;
   for (const auto& [name, e] : index.entries) order.emplace_back(e.begin, &name);
@@ -124,9 +129,11 @@ SafetensorsIndex parse_index(const std::string& path, const std::string& text, u
   uint64_t position = 0;
   for (const auto& [begin, name] : order) {
     const SafetensorsIndex::Entry& e = index.entries.at(*name);
-    int64_t numel = 1;
-    for (int64_t d : e.shape) numel *= d;
-    const uint64_t size = static_cast<uint64_t>(numel) * c10::elementSize(e.dtype);
+    // Sizes from the header multiply without overflow, or are refused.
+    uint64_t size = c10::elementSize(e.dtype);
+    for (int64_t d : e.shape)
+      if (d < 0 || __builtin_mul_overflow(size, static_cast<uint64_t>(d), &size))
+        throw SafetensorsError(path + ": shape of " + *name + " " + c10::str(e.shape) + " is impossible");
     if (begin != position || e.end - e.begin != size || index.data_start + e.end > file_bytes)
       throw SafetensorsError(path + ": offsets of " + *name + " do not match its shape or run past the end");
     position = e.end;

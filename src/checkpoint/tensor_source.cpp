@@ -6,6 +6,7 @@
 #include <set>
 
 #include "minipretrain/checkpoint/checkpoint.h"
+#include "minipretrain/config/json_input.h"
 
 namespace minipretrain {
 namespace fs = std::filesystem;
@@ -33,6 +34,8 @@ int64_t volume(const Box& box) {
 
 
 SafetensorsIndex index_of(const fs::path& path) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) throw CheckpointError(path.string() + " is not a regular file");
   try {
     return read_safetensors_index(path.string());
   } catch (const SafetensorsError& e) {
@@ -63,7 +66,7 @@ TensorSource TensorSource::from_checkpoint(const std::string& dir) {
     std::map<std::string, ShardSpec> specs;
     try {
       for (const auto& [name, spec] : index.at("specs").items()) specs[name] = shard_spec_from_json(spec);
-    } catch (const nlohmann::json::exception& e) {
+    } catch (const std::exception& e) {  // JSON types and ranges alike
       throw CheckpointError(json_path.string() + " is corrupt: " + e.what());
     }
     for (const auto& [name, entry] : file.index.entries) {
@@ -78,6 +81,7 @@ TensorSource TensorSource::from_checkpoint(const std::string& dir) {
     }
     source.files_.push_back(std::move(file));
   }
+  source.check_pieces();
   return source;
 }
 
@@ -86,11 +90,20 @@ TensorSource TensorSource::from_hugging_face(const std::string& dir, const std::
   source.where_ = "Hugging Face directory " + dir;
   const fs::path root(dir);
   std::vector<std::string> names;
+  std::map<std::string, std::string> weight_map;  // tensor -> file, when an index names them
   if (fs::exists(root / "model.safetensors.index.json")) {
     const nlohmann::json index = read_json_file((root / "model.safetensors.index.json").string());
     std::set<std::string> unique;
     try {
-      for (const auto& [tensor, file] : index.at("weight_map").items()) unique.insert(file.get<std::string>());
+      for (const auto& [tensor, file] : index.at("weight_map").items()) {
+        const std::string name = file.get<std::string>();
+        // Files beside the index only: no directories, no way out of it.
+        if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..")
+          throw CheckpointError((root / "model.safetensors.index.json").string() + " names the file " +
+                                json_excerpt(file) + " for " + tensor + "; only files beside the index may be named");
+        weight_map[tensor] = name;
+        unique.insert(name);
+      }
     } catch (const nlohmann::json::exception& e) {
       throw CheckpointError((root / "model.safetensors.index.json").string() + " is corrupt: " + e.what());
     }
@@ -104,11 +117,70 @@ TensorSource TensorSource::from_hugging_face(const std::string& dir, const std::
     if (!fs::exists(root / name))
       throw CheckpointError(dir + ": model.safetensors.index.json names " + name + ", which is missing");
     File file{index_of(root / name), std::nullopt, true};
-    for (const auto& [tensor, entry] : file.index.entries)
+    for (const auto& [tensor, entry] : file.index.entries) {
+      if (!weight_map.empty() && weight_map.count(tensor) && weight_map.at(tensor) != name)
+        throw CheckpointError(dir + ": " + tensor + " is in " + name + " but model.safetensors.index.json puts it in " +
+                              weight_map.at(tensor));
+      if (source.pieces_.count(prefix + tensor))
+        throw CheckpointError(dir + ": " + tensor + " is stored twice (in " +
+                              fs::path(source.files_[source.pieces_.at(prefix + tensor).front().file].index.path).filename().string() + " and " + name + ")");
       source.pieces_[prefix + tensor].push_back({source.files_.size(), tensor, std::nullopt});
+    }
     source.files_.push_back(std::move(file));
   }
+  for (const auto& [tensor, file] : weight_map)
+    if (!source.pieces_.count(prefix + tensor))
+      throw CheckpointError(dir + ": model.safetensors.index.json puts " + tensor + " in " + file + ", which lacks it");
+  source.check_pieces();
   return source;
+}
+
+// The pieces of one tensor fit together exactly: copies of the whole (each TP
+// rank stores a replicated tensor), or shards along one dimension that tile
+// it with neither gap nor overlap (the last may run into vocabulary
+// padding). Anything else would load weights no run wrote. Weights are
+// floating point: integer ones would be converted without a word.
+void TensorSource::check_pieces() const {
+  for (const auto& [name, pieces] : pieces_) {
+    const auto stored = [&](const Piece& p) -> const SafetensorsIndex::Entry& {
+      return files_[p.file].index.entries.at(p.stored_name);
+    };
+    const auto refuse = [&](const std::string& why) { throw CheckpointError(where_ + ": " + name + " " + why); };
+    for (const Piece& p : pieces)
+      if (name.rfind("model/", 0) == 0 && !c10::isFloatingType(stored(p).dtype))
+        refuse("is stored as " + std::string(c10::toString(stored(p).dtype)) + "; weights must be floating point");
+    const bool sharded = pieces.front().spec && pieces.front().spec->sharded();
+    std::vector<std::pair<int64_t, int64_t>> spans;  // [offset, end) along the shard dimension
+    for (const Piece& p : pieces) {
+      const std::vector<int64_t>& shape = stored(p).shape;
+      if ((p.spec && p.spec->sharded()) != sharded) refuse("is stored both whole and in shards");
+      if (!sharded) {
+        if (p.spec && shape != p.spec->full_shape)
+          refuse("has shape " + c10::str(shape) + " where its index says " + c10::str(p.spec->full_shape));
+        if (shape != stored(pieces.front()).shape) refuse("is stored whole with two different shapes");
+        continue;
+      }
+      const ShardSpec& spec = *p.spec;
+      const ShardSpec& first = *pieces.front().spec;
+      if (spec.dim != first.dim || spec.full_shape != first.full_shape || shape.size() != spec.full_shape.size())
+        refuse("has shards that disagree on the dimension or the full shape");
+      for (size_t d = 0; d < shape.size(); ++d)
+        if (static_cast<int64_t>(d) != spec.dim && shape[d] != spec.full_shape[d])
+          refuse("has a shard of shape " + c10::str(shape) + " that does not fit " + c10::str(spec.full_shape));
+      spans.emplace_back(spec.offset, spec.offset + shape[spec.dim]);
+    }
+    if (!sharded) continue;
+    std::sort(spans.begin(), spans.end());
+    int64_t end = 0;
+    for (const auto& [begin, stop] : spans) {
+      if (begin != end)
+        refuse(begin < end ? "has shards that overlap at " + std::to_string(begin)
+                           : "has a gap between " + std::to_string(end) + " and " + std::to_string(begin));
+      end = stop;
+    }
+    const ShardSpec& spec = *pieces.front().spec;
+    if (end < spec.full_shape[spec.dim]) refuse("lacks rows from " + std::to_string(end) + " on (is a shard file missing?)");
+  }
 }
 
 torch::Tensor TensorSource::read_piece(const Piece& piece) {
@@ -130,15 +202,20 @@ void TensorSource::read_into(const std::string& name, torch::Tensor dest, const 
   if (it == pieces_.end()) throw CheckpointError(where_ + " has no tensor " + name);
   const std::vector<int64_t> full = spec ? spec->full_shape : dest.sizes().vec();
   const Box want = box_of(dest.sizes().vec(), spec, full);
-  int64_t covered = 0;
-  torch::NoGradGuard no_grad;
-  dest.zero_();  // padding rows stay zero
+  // Shapes first: a file that disagrees costs nothing (the destination of an
+  // import is sized by config.json and not yet touched).
   for (const Piece& piece : it->second) {
     const SafetensorsIndex::Entry& stored = files_[piece.file].index.entries.at(piece.stored_name);
     const std::vector<int64_t> stored_full = piece.spec ? piece.spec->full_shape : stored.shape;
     if (stored_full != full)
       throw CheckpointError(where_ + ": " + name + " has shape " + c10::str(stored_full) + ", the model expects " +
                             c10::str(full));
+  }
+  int64_t covered = 0;
+  torch::NoGradGuard no_grad;
+  dest.zero_();  // padding rows stay zero
+  for (const Piece& piece : it->second) {
+    const SafetensorsIndex::Entry& stored = files_[piece.file].index.entries.at(piece.stored_name);
     const Box have = box_of(stored.shape, piece.spec, full);
     Box both;
     for (size_t d = 0; d < full.size(); ++d)
@@ -157,6 +234,24 @@ void TensorSource::read_into(const std::string& name, torch::Tensor dest, const 
   }
   if (covered != volume(want))
     throw CheckpointError(where_ + " lacks part of " + name + " (is a shard file missing?)");
+}
+
+std::vector<std::string> TensorSource::names() const {
+  std::vector<std::string> out;
+  for (const auto& [name, pieces] : pieces_) out.push_back(name);
+  return out;
+}
+
+int64_t TensorSource::elements() const {
+  int64_t total = 0;
+  for (const auto& [name, pieces] : pieces_) {
+    const Piece& p = pieces.front();
+    const std::vector<int64_t>& shape = p.spec ? p.spec->full_shape : files_[p.file].index.entries.at(p.stored_name).shape;
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;  // bounded by the file's size (safetensors) or the spec's checks
+    total += n;
+  }
+  return total;
 }
 
 torch::Tensor TensorSource::read_full(const std::string& name) {

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "minipretrain/config/fields.h"
+#include "minipretrain/config/json_input.h"
 
 namespace minipretrain {
 namespace {
@@ -19,6 +20,14 @@ void require_positive(const std::string& key, int64_t value) {
   require(value > 0, key + " must be positive, got " + std::to_string(value));
 }
 
+// Positive and at most `max`: sizes far past any model this tool trains are
+// refused before anything is allocated or split by them, and products of
+// them (batch x microbatches x DP, tokens per step) stay inside int64.
+void require_size(const std::string& key, int64_t value, int64_t max) {
+  require_positive(key, value);
+  require(value <= max, key + " " + std::to_string(value) + " is more than " + std::to_string(max) + " (the most allowed)");
+}
+
 std::string str(double v) {
   std::ostringstream out;
   out << v;
@@ -26,13 +35,13 @@ std::string str(double v) {
 }
 
 void validate_model(const ModelConfig& m) {
-  require_positive("vocab_size", m.vocab_size);
-  require_positive("hidden_size", m.hidden_size);
-  require_positive("intermediate_size", m.intermediate_size);
-  require_positive("num_layers", m.num_layers);
-  require_positive("num_attention_heads", m.num_attention_heads);
-  require_positive("max_seq_length", m.max_seq_length);
-  if (m.num_key_value_heads) require_positive("num_key_value_heads", *m.num_key_value_heads);
+  require_size("vocab_size", m.vocab_size, int64_t{1} << 24);
+  require_size("hidden_size", m.hidden_size, int64_t{1} << 17);
+  require_size("intermediate_size", m.intermediate_size, int64_t{1} << 19);
+  require_size("num_layers", m.num_layers, 4096);
+  require_size("num_attention_heads", m.num_attention_heads, 4096);
+  require_size("max_seq_length", m.max_seq_length, int64_t{1} << 20);
+  if (m.num_key_value_heads) require_size("num_key_value_heads", *m.num_key_value_heads, 4096);
   require(m.hidden_size % m.num_attention_heads == 0,
           "hidden_size " + std::to_string(m.hidden_size) + " is not divisible by num_attention_heads " +
               std::to_string(m.num_attention_heads));
@@ -47,9 +56,9 @@ void validate_model(const ModelConfig& m) {
 }
 
 void validate_train(const TrainConfig& t) {
-  require_positive("micro_batch_size", t.micro_batch_size);
-  if (t.global_batch_size) require_positive("global_batch_size", *t.global_batch_size);
-  require_positive("max_steps", t.max_steps);
+  require_size("micro_batch_size", t.micro_batch_size, int64_t{1} << 20);
+  if (t.global_batch_size) require_size("global_batch_size", *t.global_batch_size, kMaxGlobalBatch);
+  require_size("max_steps", t.max_steps, kMaxStep);
   require(t.learning_rate > 0, "learning_rate must be positive, got " + str(t.learning_rate));
   require(t.min_lr >= 0, "min_lr must not be negative, got " + str(t.min_lr));
   require(t.min_lr <= t.learning_rate,
@@ -70,8 +79,8 @@ void validate_train(const TrainConfig& t) {
 void validate_layout(const Config& c, int64_t world_size) {
   const ParallelConfig& p = c.parallel;
   const ModelConfig& m = c.model;
-  require_positive("tensor_parallel_size", p.tensor_parallel_size);
-  require_positive("pipeline_parallel_size", p.pipeline_parallel_size);
+  require_size("tensor_parallel_size", p.tensor_parallel_size, 4096);
+  require_size("pipeline_parallel_size", p.pipeline_parallel_size, 4096);
   require_positive("dist_timeout", p.dist_timeout);
   require(p.ddp_bucket_mb >= 0, "ddp_bucket_mb must not be negative, got " + std::to_string(p.ddp_bucket_mb));
   const std::string& schedule = p.pipeline_schedule;
@@ -130,8 +139,12 @@ void resolve_batch(Config& c) {
   auto& global = c.train.global_batch_size;
   auto& microbatches = c.parallel.num_microbatches;
   if (microbatches) {
-    require_positive("num_microbatches", *microbatches);
-    const int64_t implied = micro * *microbatches * dp;
+    require_size("num_microbatches", *microbatches, int64_t{1} << 20);
+    const int64_t implied = micro * *microbatches * dp;  // each factor is at most 2^20
+    require(implied <= kMaxGlobalBatch, "micro_batch_size " + std::to_string(micro) + " x num_microbatches " +
+                                            std::to_string(*microbatches) + " x data-parallel size " +
+                                            std::to_string(dp) + " is more than " + std::to_string(kMaxGlobalBatch) +
+                                            " samples per step");
     require(!global || *global == implied,
             "global_batch_size " + std::to_string(global.value_or(0)) + " contradicts micro_batch_size " +
                 std::to_string(micro) + " x num_microbatches " + std::to_string(*microbatches) +
@@ -162,6 +175,7 @@ void Config::resolve(int64_t world_size) {
   require(log.exit_interval >= 0, "exit_interval must not be negative, got " + std::to_string(log.exit_interval));
   require(log.exit_duration_mins >= 0, "exit_duration_mins must not be negative, got " + str(log.exit_duration_mins));
   require(log.save_keep >= 0, "save_keep must not be negative, got " + std::to_string(log.save_keep));
+  require_size("the world size (ranks)", world_size, int64_t{1} << 20);
   validate_layout(*this, world_size);
   data_parallel_size = world_size / (parallel.tensor_parallel_size * parallel.pipeline_parallel_size);
   resolve_batch(*this);
@@ -234,15 +248,12 @@ Config load_config_file(const std::string& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
     throw ConfigError("config file '" + path + "' is a directory, not a JSON file");
-  std::ifstream in(path);
-  if (!in) throw ConfigError("cannot read config file '" + path + "'");
+  if (!std::filesystem::exists(path, ec)) throw ConfigError("cannot read config file '" + path + "'");
   nlohmann::json json;
   try {
-    json = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw ConfigError("config file '" + path + "' is not valid JSON: " + e.what());
-  } catch (const std::ios_base::failure& e) {  // a read error after the file opened
-    throw ConfigError("cannot read config file '" + path + "': " + e.what());
+    json = read_json(path);
+  } catch (const JsonInputError& e) {
+    throw ConfigError("config file: " + std::string(e.what()));
   }
   Config config;
   apply_json(config, json, path);

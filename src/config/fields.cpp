@@ -2,12 +2,19 @@
 
 #include <algorithm>
 
+#include "minipretrain/config/json_input.h"
+
 namespace minipretrain {
 namespace {
 
 using nlohmann::json;
 
 std::string type_name(const json& value) { return value.type_name(); }
+
+// A whole number that fits int64 (JSON's 2^64-1 is no -1).
+bool is_int64(const json& v) {
+  return v.is_number_integer() && !(v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX));
+}
 
 // Binders: one per member type. Each knows how to read JSON, write JSON and
 // parse command-line text for a member, and names the key in its errors.
@@ -16,8 +23,8 @@ Field field_for(std::string key, std::string help, int64_t& member) {
   f.type_name = "INT";
   f.get = [&member] { return json(member); };
   f.set = [key, &member](const json& v) {
-    if (!v.is_number_integer())
-      throw ConfigError(key + " must be an integer, got " + type_name(v) + " " + v.dump());
+    if (!is_int64(v))
+      throw ConfigError(key + " must be an integer, got " + type_name(v) + " " + json_excerpt(v));
     member = v.get<int64_t>();
   };
   f.parse = [key, &member](const std::string& text) {
@@ -39,8 +46,8 @@ Field field_for(std::string key, std::string help, std::optional<int64_t>& membe
   f.get = [&member] { return member ? json(*member) : json(nullptr); };
   f.set = [key, &member](const json& v) {
     if (v.is_null()) { member.reset(); return; }
-    if (!v.is_number_integer())
-      throw ConfigError(key + " must be an integer, got " + type_name(v) + " " + v.dump());
+    if (!is_int64(v))
+      throw ConfigError(key + " must be an integer, got " + type_name(v) + " " + json_excerpt(v));
     member = v.get<int64_t>();
   };
   f.parse = [key, &member](const std::string& text) {
@@ -57,7 +64,7 @@ Field field_for(std::string key, std::string help, double& member) {
   f.get = [&member] { return json(member); };
   f.set = [key, &member](const json& v) {
     if (!v.is_number())
-      throw ConfigError(key + " must be a number, got " + type_name(v) + " " + v.dump());
+      throw ConfigError(key + " must be a number, got " + type_name(v) + " " + json_excerpt(v));
     member = v.get<double>();
   };
   f.parse = [key, &member](const std::string& text) {
@@ -79,7 +86,7 @@ Field field_for(std::string key, std::string help, std::string& member) {
   f.get = [&member] { return json(member); };
   f.set = [key, &member](const json& v) {
     if (!v.is_string())
-      throw ConfigError(key + " must be a string, got " + type_name(v) + " " + v.dump());
+      throw ConfigError(key + " must be a string, got " + type_name(v) + " " + json_excerpt(v));
     member = v.get<std::string>();
   };
   f.parse = [&member](const std::string& text) { member = text; };
@@ -93,7 +100,7 @@ Field field_for(std::string key, std::string help, std::vector<std::string>& mem
   f.get = [&member] { return json(member); };
   f.set = [key, &member](const json& v) {
     const bool strings = v.is_array() && std::all_of(v.begin(), v.end(), [](const json& e) { return e.is_string(); });
-    if (!strings) throw ConfigError(key + " must be a list of strings, got " + type_name(v) + " " + v.dump());
+    if (!strings) throw ConfigError(key + " must be a list of strings, got " + type_name(v) + " " + json_excerpt(v));
     member = v.get<std::vector<std::string>>();
   };
   f.parse = [&member](const std::string& text) { member = {text}; };
@@ -106,8 +113,8 @@ Field field_for(std::string key, std::string help, std::vector<int64_t>& member)
   f.type_name = "INT,...";
   f.get = [&member] { return json(member); };
   f.set = [key, &member](const json& v) {
-    const bool ints = v.is_array() && std::all_of(v.begin(), v.end(), [](const json& e) { return e.is_number_integer(); });
-    if (!ints) throw ConfigError(key + " must be a list of integers, got " + type_name(v) + " " + v.dump());
+    const bool ints = v.is_array() && std::all_of(v.begin(), v.end(), [](const json& e) { return is_int64(e); });
+    if (!ints) throw ConfigError(key + " must be a list of integers, got " + type_name(v) + " " + json_excerpt(v));
     member = v.get<std::vector<int64_t>>();
   };
   f.parse = [key, &member](const std::string& text) {

@@ -3,6 +3,7 @@
 #include <fstream>
 #include <random>
 
+#include "minipretrain/config/json_input.h"
 #include "minipretrain/data/dataset.h"
 #include "minipretrain/data/indexed_dataset.h"
 
@@ -63,16 +64,16 @@ PackedDataset::PackedDataset(const std::string& dir, int64_t model_vocab_size, i
     : dir_(dir), seq_length_(seq_length) {
   namespace fs = std::filesystem;
   const fs::path meta_path = fs::path(dir) / "metadata.json", bin_path = fs::path(dir) / "tokens.bin";
-  std::ifstream meta_in(meta_path);
-  if (!meta_in) throw ConfigError("data_dir '" + dir + "': cannot read " + meta_path.string());
   nlohmann::json meta;
   try {
-    meta = nlohmann::json::parse(meta_in);
+    meta = read_json(meta_path.string());
     const std::string dtype = meta.at("dtype").get<std::string>();
     if (dtype != "uint16" && dtype != "uint32")
       throw ConfigError("data_dir '" + dir + "': dtype must be uint16 or uint32, got '" + dtype + "'");
     item_size_ = dtype == "uint16" ? 2 : 4;
-    num_tokens_ = meta.at("num_tokens").get<int64_t>();
+    num_tokens_ = json_integer(meta, "num_tokens", 0, int64_t{1} << 50, meta_path.string());
+  } catch (const JsonInputError& e) {
+    throw ConfigError("data_dir '" + dir + "': " + e.what());
   } catch (const nlohmann::json::exception& e) {
     throw ConfigError("data_dir '" + dir + "': bad metadata.json: " + e.what());
   }

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "minipretrain/config/json_input.h"
+
 namespace minipretrain {
 
 ShardSpec shard_along(int64_t dim, std::vector<int64_t> full_shape, int64_t rank, int64_t world) {
@@ -48,8 +50,17 @@ nlohmann::json to_json(const ShardSpec& spec) {
 }
 
 ShardSpec shard_spec_from_json(const nlohmann::json& json) {
-  return ShardSpec{json.at("dim").get<int64_t>(), json.at("full_shape").get<std::vector<int64_t>>(),
-                   json.at("offset").get<int64_t>()};
+  constexpr int64_t kMaxLength = int64_t{1} << 40;
+  const nlohmann::json& full = json.at("full_shape");
+  if (!full.is_array() || full.size() > 8)
+    throw JsonInputError("full_shape must be a list of at most 8 sizes, got " + json_excerpt(full));
+  ShardSpec spec;
+  for (size_t d = 0; d < full.size(); ++d)
+    spec.full_shape.push_back(json_integer(nlohmann::json{{"size", full[d]}}, "size", 0, kMaxLength, "full_shape"));
+  spec.dim = json_integer(json, "dim", -1, static_cast<int64_t>(full.size()) - 1, "shard spec");
+  // A padded dimension's last shards may start past its end.
+  spec.offset = json_integer(json, "offset", 0, spec.sharded() ? kMaxLength : 0, "shard spec");
+  return spec;
 }
 
 }  // namespace minipretrain

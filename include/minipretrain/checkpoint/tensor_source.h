@@ -29,6 +29,9 @@ class TensorSource {
   static TensorSource from_hugging_face(const std::string& dir, const std::string& prefix);
 
   bool has(const std::string& name) const { return pieces_.count(name) > 0; }
+  std::vector<std::string> names() const;
+  // The values of every tensor, whole (a sharded one counted once).
+  int64_t elements() const;
   // Fills `dest` with its slice (`spec`; none: the whole tensor) of `name`.
   // Throws CheckpointError naming the tensor when the source lacks it, holds
   // it with another full shape, or lacks part of the slice (a missing file).
@@ -48,6 +51,9 @@ class TensorSource {
     bool checked = false;
   };
   torch::Tensor read_piece(const Piece& piece);
+  // Every tensor's pieces fit together exactly (see the .cpp); throws
+  // CheckpointError naming the tensor otherwise.
+  void check_pieces() const;
 
   std::string where_;  // the directory, for messages
   std::vector<File> files_;

@@ -20,6 +20,12 @@ struct ConfigError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The largest step a run may reach or a checkpoint may name: far past any run,
+// and small enough that steps times any valid global batch fit in int64.
+constexpr int64_t kMaxStep = int64_t{1} << 32;
+// The largest global batch, in samples (kMaxStep x this fits in int64).
+constexpr int64_t kMaxGlobalBatch = int64_t{1} << 30;
+
 struct ModelConfig {
   int64_t vocab_size = 32000;
   int64_t hidden_size = 768;
