@@ -120,7 +120,7 @@ TEST(HostileInput, ShardsMustTileTheirTensorExactly) {
                   "model/w has a gap between 2 and 3");
   write_shards(base + "/short", 2, 1);
   EXPECT_MENTIONS(error_of<CheckpointError>([&] { TensorSource::from_checkpoint(base + "/short"); }),
-                  "model/w lacks rows from 3 on");
+                  "lacks part of model/w, from index 3 of dimension 0 on");
 
   // Fields out of range or of the wrong kind, each named with its file.
   write_shards(base + "/fields", 2, 2);

@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -11,6 +12,7 @@
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <random>
 #include <sstream>
 #include <thread>
 
@@ -18,6 +20,7 @@
 
 #include "minipretrain/distributed/gloo_communicator.h"
 #include "minipretrain/distributed/socket_store.h"
+#include "minipretrain/distributed/store_protocol.h"
 #include "minipretrain/distributed/store_server.h"
 #include "test_support.h"
 
@@ -219,4 +222,93 @@ TEST(Store, GlooBuildsItsGroupOverIt) {
     });
   for (std::thread& t : ranks) t.join();
   EXPECT_EQ(sums, (std::vector<float>{3, 3}));
+}
+
+namespace {
+
+int connect_to(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  return fd;
+}
+
+// Sends what the peer takes within a second; a server that stops reading
+// leaves the rest unsent.
+void send_some(int fd, const std::string& bytes) {
+  timeval limit{1, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof(limit));
+  for (size_t sent = 0; sent < bytes.size();) {
+    const ssize_t n = ::send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
+    if (n <= 0) return;
+    sent += static_cast<size_t>(n);
+  }
+}
+
+int64_t resident_mb() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) / 1024;
+  return -1;
+}
+
+}  // namespace
+
+// Hostile clients on the loopback while the job's client works: random bytes,
+// a huge length prefix, a half message, a thousand idle connections, one that
+// never sends, and one that asks for a 1 MB value a thousand times without
+// reading (a gigabyte of answers unbounded). The server neither crashes nor
+// grows past its bounds, and keeps serving the job's client.
+TEST(Store, HostileClientsNeitherCrashTheServerNorGrowItPastItsBounds) {
+  // Both ends of a thousand connections live in this process.
+  rlimit files{};
+  ::getrlimit(RLIMIT_NOFILE, &files);
+  if (files.rlim_cur < 4096) {
+    files.rlim_cur = std::min<rlim_t>(4096, files.rlim_max);
+    ::setrlimit(RLIMIT_NOFILE, &files);
+  }
+  if (files.rlim_cur < 2400) GTEST_SKIP() << "needs 2400 file descriptors; the hard limit is " << files.rlim_max;
+  StoreServer server("127.0.0.1", 0);
+  auto store = client(server.port());
+  store->set("job", bytes("value"));
+  store->set("big", std::vector<uint8_t>(1 << 20, 'x'));
+  const int64_t before = resident_mb();
+  std::vector<int> held;
+
+  int fd = connect_to(server.port());
+  std::string junk(1 << 20, '\0');
+  std::mt19937 random(7);
+  for (char& c : junk) c = static_cast<char>(random());
+  send_some(fd, junk);
+  held.push_back(fd);
+
+  fd = connect_to(server.port());
+  send_some(fd, std::string("\x40\x00\x00\x00\x00\x00\x00\x00", 8));  // 2^62 as 8 bytes; 1 GiB as our 4
+  held.push_back(fd);
+
+  fd = connect_to(server.port());
+  send_some(fd, encode({static_cast<uint8_t>(StoreOp::Set), {"half", std::string(1000, 'h')}}).substr(0, 500));
+  ::close(fd);
+
+  for (int i = 0; i < 1000; ++i) held.push_back(connect_to(server.port()));
+
+  fd = connect_to(server.port());
+  std::string requests;
+  for (int i = 0; i < 1000; ++i) requests += encode({static_cast<uint8_t>(StoreOp::TryGet), {"big"}});
+  send_some(fd, requests);
+  held.push_back(fd);
+
+  std::this_thread::sleep_for(500ms);
+  EXPECT_EQ(text(store->get("job")), "value");
+  store->set("after", bytes("1"));
+  EXPECT_EQ(text(store->get("after")), "1");
+  EXPECT_FALSE(store->check({"half"}));
+  const int64_t grown = resident_mb() - before;
+  // The bound: the buffers (256 MiB) and one more message; here one
+  // connection's share, about 2 MiB, is all it takes.
+  EXPECT_LT(grown, 64) << "MB";
+  for (int f : held) ::close(f);
 }

@@ -179,7 +179,9 @@ void TensorSource::check_pieces() const {
       end = stop;
     }
     const ShardSpec& spec = *pieces.front().spec;
-    if (end < spec.full_shape[spec.dim]) refuse("lacks rows from " + std::to_string(end) + " on (is a shard file missing?)");
+    if (end < spec.full_shape[spec.dim])
+      throw CheckpointError(where_ + " lacks part of " + name + ", from index " + std::to_string(end) + " of dimension " +
+                            std::to_string(spec.dim) + " on (is a shard file missing?)");
   }
 }
 
