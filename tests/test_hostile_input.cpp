@@ -5,8 +5,10 @@
 
 #include <sys/stat.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "minipretrain/checkpoint/checkpoint.h"
 #include "minipretrain/checkpoint/hf_import.h"
@@ -256,4 +258,21 @@ TEST(HostileInput, HuggingFaceIndexStaysInItsDirectoryAndIsFollowed) {
   ASSERT_EQ(::mkfifo((dir + "/b.safetensors").c_str(), 0600), 0);
   EXPECT_MENTIONS(error_of<CheckpointError>([&] { TensorSource::from_hugging_face(dir, "model/"); }),
                   "is not a regular file");
+}
+
+// The whole-file hash is checked once, before the file's first tensor is
+// used; a file rewritten after that (another run saving into the same
+// place) is caught at the next read, by the tensor's name, not loaded.
+TEST(HostileInput, AFileThatChangesWhileItIsReadIsCaught) {
+  const std::string dir = test::fresh_dir("hostile_changing");
+  const auto write = [&](float b) {
+    write_named_shard(dir + "/shard-tp0-pp0", {{"model/a", torch::ones({4})}, {"model/b", torch::full({4}, b)}}, {});
+  };
+  write(2.0f);
+  TensorSource source = TensorSource::from_checkpoint(dir);
+  EXPECT_TRUE(torch::equal(source.read_full("model/a"), torch::ones({4})));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  write(3.0f);
+  EXPECT_MENTIONS(error_of<CheckpointError>([&] { source.read_full("model/b"); }),
+                  "shard-tp0-pp0.safetensors changed while model/b was read from it");
 }

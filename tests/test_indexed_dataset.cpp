@@ -1,6 +1,8 @@
 // Megatron's indexed dataset format, blending, and validation runs.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <filesystem>
 #include <fstream>
 
@@ -95,6 +97,26 @@ TEST(IndexedDataset, CorruptPairsAreClearErrors) {
   bad[9 + 8 + 1 + 8 + 8 + 12 + 8] = 7;  // the second pointer
   write_all(prefix + ".idx", bad);
   EXPECT_NE(error_of(prefix).find("sequence 1 has pointer 7, expected 6"), std::string::npos) << error_of(prefix);
+
+  // An index consistent in itself whose dtype contradicts the .bin: uint8
+  // (code 1, pointers 0, 3, 4) makes 6 bytes of the 12 written as uint16.
+  bad = idx;
+  bad[17] = 1;
+  bad[9 + 8 + 1 + 8 + 8 + 12 + 8] = 3;
+  bad[9 + 8 + 1 + 8 + 8 + 12 + 16] = 4;
+  write_all(prefix + ".idx", bad);
+  EXPECT_NE(error_of(prefix).find("make 6 bytes, but " + prefix + ".bin has 12"), std::string::npos)
+      << error_of(prefix);
+  // Document indices that go back.
+  bad = idx;
+  bad[bad.size() - 24] = 3;  // 0, 3, 2, 3
+  write_all(prefix + ".idx", bad);
+  EXPECT_NE(error_of(prefix).find("document indices must not decrease"), std::string::npos) << error_of(prefix);
+  // A FIFO in place of the .bin is refused, not waited on.
+  write_all(prefix + ".idx", idx);
+  std::filesystem::remove(prefix + ".bin");
+  ASSERT_EQ(::mkfifo((prefix + ".bin").c_str(), 0600), 0);
+  EXPECT_NE(error_of(prefix).find("is not a regular file"), std::string::npos) << error_of(prefix);
 }
 
 TEST(IndexedDataset, BlendsByWeightAcrossDocumentBoundaries) {

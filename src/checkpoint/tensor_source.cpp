@@ -5,6 +5,8 @@
 #include <fstream>
 #include <set>
 
+#include <sys/stat.h>
+
 #include "minipretrain/checkpoint/checkpoint.h"
 #include "minipretrain/config/json_input.h"
 
@@ -185,18 +187,39 @@ void TensorSource::check_pieces() const {
   }
 }
 
+namespace {
+
+// What changes when a file is rewritten or replaced: its inode, size and
+// modification time (to the nanosecond).
+std::string stamp_of(const std::string& path) {
+  struct stat info {};
+  if (::stat(path.c_str(), &info) != 0) return "gone";
+  return std::to_string(info.st_ino) + ":" + std::to_string(info.st_size) + ":" + std::to_string(info.st_mtim.tv_sec) +
+         "." + std::to_string(info.st_mtim.tv_nsec);
+}
+
+}  // namespace
+
 torch::Tensor TensorSource::read_piece(const Piece& piece) {
   File& file = files_[piece.file];
+  if (file.stamp.empty()) file.stamp = stamp_of(file.index.path);
   if (!file.checked) {
     if (file.hash && hash_file(file.index.path, file.hash->first) != file.hash->second)
-      throw CheckpointError(file.index.path + " is corrupt: its hash does not match its .json");
+      throw CheckpointError(file.index.path + " is corrupt: its hash does not match its .json (reading " +
+                            piece.stored_name + ")");
     file.checked = true;
   }
+  torch::Tensor tensor;
   try {
-    return read_safetensors_tensor(file.index, piece.stored_name);
+    tensor = read_safetensors_tensor(file.index, piece.stored_name);
   } catch (const SafetensorsError& e) {
     throw CheckpointError(e.what());
   }
+  // The hash covered the file as it was then: one rewritten since (another
+  // run saving into the same place) is caught here, not loaded.
+  if (stamp_of(file.index.path) != file.stamp)
+    throw CheckpointError(file.index.path + " changed while " + piece.stored_name + " was read from it");
+  return tensor;
 }
 
 void TensorSource::read_into(const std::string& name, torch::Tensor dest, const std::optional<ShardSpec>& spec) {

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -28,9 +29,15 @@ int64_t token_at(const char* data, uint8_t code, int64_t i) {
 }  // namespace
 
 MappedFile::MappedFile(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
+  // Non-blocking: a FIFO under the name is refused, not waited on.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) throw ConfigError("cannot open " + path);
-  size_ = static_cast<size_t>(::lseek(fd, 0, SEEK_END));
+  struct stat info {};
+  if (::fstat(fd, &info) != 0 || !S_ISREG(info.st_mode)) {
+    ::close(fd);
+    throw ConfigError(path + " is not a regular file");
+  }
+  size_ = static_cast<size_t>(info.st_size);
   if (size_ > 0) data_ = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
   ::close(fd);
   if (data_ == MAP_FAILED) throw ConfigError("cannot map " + path);
@@ -68,19 +75,29 @@ IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
   std::memcpy(document_indices_.data(), p + kHeader + sequences * 12, documents * 8);
 
   bin_ = std::make_unique<MappedFile>(prefix + ".bin");
+  const int64_t bin_bytes = static_cast<int64_t>(bin_->size());
   int64_t expected_pointer = 0;
   for (uint64_t i = 0; i < sequences; ++i) {
     if (lengths_[i] < 0 || pointers_[i] != expected_pointer)
       fail("sequence " + std::to_string(i) + " has pointer " + std::to_string(pointers_[i]) + ", expected " +
            std::to_string(expected_pointer));
-    expected_pointer += static_cast<int64_t>(lengths_[i]) * item_size_;
+    expected_pointer += static_cast<int64_t>(lengths_[i]) * item_size_;  // at most 2^34 a step
+    if (expected_pointer > bin_bytes)
+      fail("pointers run past the end of " + prefix + ".bin (" + std::to_string(expected_pointer) + " > " +
+           std::to_string(bin_bytes) + " bytes)");
   }
-  if (static_cast<uint64_t>(expected_pointer) > bin_->size())
-    fail("pointers run past the end of " + prefix + ".bin (" + std::to_string(expected_pointer) + " > " +
-         std::to_string(bin_->size()) + " bytes)");
+  // Megatron writes the .bin back to back: any other size means the dtype or
+  // the lengths do not describe it.
+  if (expected_pointer != bin_bytes)
+    fail("its lengths at " + std::to_string(item_size_) + " bytes a token (dtype code " + std::to_string(dtype_code_) +
+         ") make " + std::to_string(expected_pointer) + " bytes, but " + prefix + ".bin has " +
+         std::to_string(bin_bytes));
   if (document_indices_.empty() || document_indices_.front() != 0 ||
       document_indices_.back() != static_cast<int64_t>(sequences))
     fail("document indices must run from 0 to the sequence count");
+  for (size_t i = 1; i < document_indices_.size(); ++i)
+    if (document_indices_[i] < document_indices_[i - 1])
+      fail("document indices must not decrease (index " + std::to_string(i) + ")");
   num_tokens_ = expected_pointer / item_size_;
 }
 

@@ -49,6 +49,7 @@ class TensorSource {
     SafetensorsIndex index;
     std::optional<std::pair<FileHash, uint64_t>> hash;  // expected, when the source records one
     bool checked = false;
+    std::string stamp;  // inode, size and mtime when first read (see read_piece)
   };
   torch::Tensor read_piece(const Piece& piece);
   // Every tensor's pieces fit together exactly (see the .cpp); throws
