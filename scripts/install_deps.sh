@@ -15,6 +15,7 @@ packages=(
   libxxhash-dev           # checkpoint hashes (XXH3)
   openmpi-bin libopenmpi-dev
   iproute2                # network namespaces: the two-node tests
+  clang-14 libclang-rt-14-dev  # scripts/fuzz.sh: libFuzzer and the sanitizers
 )
 
 missing=()

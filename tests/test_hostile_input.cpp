@@ -16,6 +16,7 @@
 #include "minipretrain/checkpoint/tensor_source.h"
 #include "minipretrain/config/cli.h"
 #include "minipretrain/config/json_input.h"
+#include "minipretrain/data/indexed_dataset.h"
 #include "test_support.h"
 
 using namespace minipretrain;
@@ -275,4 +276,46 @@ TEST(HostileInput, AFileThatChangesWhileItIsReadIsCaught) {
   write(3.0f);
   EXPECT_MENTIONS(error_of<CheckpointError>([&] { source.read_full("model/b"); }),
                   "shard-tp0-pp0.safetensors changed while model/b was read from it");
+}
+
+// Found by scripts/fuzz.sh (safetensors): data_offsets of one number threw
+// std::out_of_range out of the reader ("vector::_M_range_check"); fractional
+// or negative sizes were truncated or wrapped.
+TEST(HostileInput, SafetensorsOffsetsAndShapesMustBeWholeLists) {
+  const std::string dir = test::fresh_dir("hostile_st_lists");
+  const auto file_with = [&](const std::string& entry) {
+    const std::string header = R"({"a": )" + entry + "}";
+    std::string bytes(8, '\0');
+    for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>((header.size() >> (8 * i)) & 0xFF);
+    return write_file(dir + "/a.safetensors", bytes + header + std::string(16, '\0'));
+  };
+  for (const std::string& entry : {R"({"dtype": "F32", "shape": [4], "data_offsets": [0]})",
+                                   R"({"dtype": "F32", "shape": [4], "data_offsets": [0, 16, 32]})",
+                                   R"({"dtype": "F32", "shape": [2.5], "data_offsets": [0, 16]})",
+                                   R"({"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]})",
+                                   R"({"dtype": "F32", "shape": 4, "data_offsets": [0, 16]})"}) {
+    const std::string path = file_with(entry);
+    EXPECT_MENTIONS(error_of<SafetensorsError>([&] { read_safetensors_index(path); }), path + ": ") << entry;
+  }
+  EXPECT_EQ(error_of<SafetensorsError>(
+                [&] { read_safetensors_index(file_with(R"({"dtype": "F32", "shape": [4], "data_offsets": [0, 16]})")); }),
+            "");
+}
+
+// Found by scripts/fuzz.sh (megatron_idx): an index of no sequences passed
+// null to memcpy (undefined behaviour, if of 0 bytes). It is an empty dataset.
+TEST(HostileInput, AnIndexOfNoSequencesIsAnEmptyDataset) {
+  const std::string prefix = test::fresh_dir("hostile_idx_empty") + "/data";
+  std::string idx(kIndexMagic, 9);
+  const auto put = [&](uint64_t v, size_t n) { idx.append(reinterpret_cast<const char*>(&v), n); };
+  put(1, 8);             // version
+  put(kDtypeUint16, 1);  // dtype
+  put(0, 8);             // sequences
+  put(1, 8);             // document indices
+  put(0, 8);             // the one document index
+  write_file(prefix + ".idx", idx);
+  write_file(prefix + ".bin", "");
+  IndexedDataset data(prefix);
+  EXPECT_EQ(data.num_sequences(), 0);
+  EXPECT_EQ(data.num_tokens(), 0);
 }

@@ -107,7 +107,9 @@ SafetensorsIndex parse_index(const std::string& path, const std::string& text, u
   try {
     header = parse_json(text, path + " header");
     if (!header.is_object()) throw SafetensorsError(path + " has a corrupt header: not a JSON object");
-    for (const auto& [name, info] : header.items()) {
+    for (const auto& item : header.items()) {
+      const std::string& name = item.key();
+      const nlohmann::json& info = item.value();
       if (name == "__metadata__") {
         index.metadata = info.get<std::map<std::string, std::string>>();
         continue;
@@ -115,8 +117,17 @@ SafetensorsIndex parse_index(const std::string& path, const std::string& text, u
       const std::string dtype = info.at("dtype").get<std::string>();
       auto it = std::find_if(dtypes().begin(), dtypes().end(), [&](const auto& d) { return d.first == dtype; });
       if (it == dtypes().end()) throw SafetensorsError(path + ": unsupported dtype " + dtype + " of " + name);
-      const auto offsets = info.at("data_offsets").get<std::vector<uint64_t>>();
-      index.entries[name] = {it->second, info.at("shape").get<std::vector<int64_t>>(), offsets.at(0), offsets.at(1)};
+      // Whole numbers only: the library would truncate 2.5 to 2 and read -1 as 2^64-1.
+      const auto whole = [&](const nlohmann::json& list, size_t count, const char* what) {
+        if (!list.is_array() || (count && list.size() != count) || list.size() > 8 ||
+            !std::all_of(list.begin(), list.end(), [](const nlohmann::json& v) { return v.is_number_unsigned(); }))
+          throw SafetensorsError(path + ": " + what + " of " + name + " is not " +
+                                 (count ? "[begin, end]" : "a list of sizes") + ": " + json_excerpt(list));
+        return list.get<std::vector<uint64_t>>();
+      };
+      const std::vector<uint64_t> offsets = whole(info.at("data_offsets"), 2, "data_offsets");
+      const std::vector<uint64_t> sizes = whole(info.at("shape"), 0, "shape");
+      index.entries[name] = {it->second, std::vector<int64_t>(sizes.begin(), sizes.end()), offsets[0], offsets[1]};
     }
   } catch (const nlohmann::json::exception& e) {
     throw SafetensorsError(path + " has a corrupt header: " + e.what());

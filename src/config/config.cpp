@@ -233,11 +233,12 @@ nlohmann::json to_json(const Config& config) {
 void apply_json(Config& config, const nlohmann::json& json, const std::string& origin) {
   if (!json.is_object()) throw ConfigError(origin + ": expected a JSON object, got " + json.type_name());
   std::vector<Field> fields = config_fields(config);
-  for (const auto& [key, value] : json.items()) {
+  for (const auto& item : json.items()) {
+    const std::string& key = item.key();
     auto it = std::find_if(fields.begin(), fields.end(), [&](const Field& f) { return f.key == key; });
-    if (it == fields.end()) throw ConfigError(origin + ": unknown key '" + key + "'");
+    if (it == fields.end()) throw ConfigError(origin + ": unknown key '" + (key.size() <= 60 ? key : key.substr(0, 60) + "...") + "'");
     try {
-      it->set(value);
+      it->set(item.value());
     } catch (const ConfigError& e) {
       throw ConfigError(origin + ": " + e.what());
     }

@@ -70,9 +70,12 @@ IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
   lengths_.resize(sequences);
   pointers_.resize(sequences);
   document_indices_.resize(documents);
-  std::memcpy(lengths_.data(), p + kHeader, sequences * 4);
-  std::memcpy(pointers_.data(), p + kHeader + sequences * 4, sequences * 8);
-  std::memcpy(document_indices_.data(), p + kHeader + sequences * 12, documents * 8);
+  // An empty vector's data() may be null, which memcpy must not get even for 0 bytes.
+  if (sequences > 0) {
+    std::memcpy(lengths_.data(), p + kHeader, sequences * 4);
+    std::memcpy(pointers_.data(), p + kHeader + sequences * 4, sequences * 8);
+  }
+  if (documents > 0) std::memcpy(document_indices_.data(), p + kHeader + sequences * 12, documents * 8);
 
   bin_ = std::make_unique<MappedFile>(prefix + ".bin");
   const int64_t bin_bytes = static_cast<int64_t>(bin_->size());
