@@ -143,7 +143,9 @@ TensorSource TensorSource::from_hugging_face(const std::string& dir, const std::
 // padding). Anything else would load weights no run wrote. Weights are
 // floating point: integer ones would be converted without a word.
 void TensorSource::check_pieces() const {
-  for (const auto& [name, pieces] : pieces_) {
+  for (const auto& entry : pieces_) {
+    const std::string& name = entry.first;  // named, not bound: clang 14 lambdas cannot capture bindings
+    const std::vector<Piece>& pieces = entry.second;
     const auto stored = [&](const Piece& p) -> const SafetensorsIndex::Entry& {
       return files_[p.file].index.entries.at(p.stored_name);
     };
