@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -18,13 +19,24 @@
 
 namespace {
 
+// Each connection from the next of 127.0.0.2-254: the server closes most
+// fuzzed connections first, and each close holds its pair of ports in
+// TIME_WAIT for a minute; one source address would run out of ports.
 int connect_to(int port) {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  static uint32_t next = 0;
+  sockaddr_in source{};
+  source.sin_family = AF_INET;
+  source.sin_addr.s_addr = htonl((127u << 24) | (2 + next++ % 253));
+  ::bind(fd, reinterpret_cast<sockaddr*>(&source), sizeof(source));
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(port));
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) std::abort();
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    std::perror("fuzz store_server: connect");
+    std::abort();
+  }
   return fd;
 }
 
@@ -56,6 +68,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   char buffer[4096];
   while (::poll(&p, 1, 5) == 1 && ::recv(fd, buffer, sizeof(buffer), MSG_DONTWAIT) > 0) {
   }
+  // Reset, not closed: a closed socket waits a minute in TIME_WAIT, and at
+  // hundreds of inputs a second the loopback runs out of ports.
+  const linger reset{1, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
   ::close(fd);
   if (!ask(job, encode({static_cast<uint8_t>(StoreOp::NumKeys), {}}))) std::abort();
   return 0;
