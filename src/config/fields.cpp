@@ -11,10 +11,6 @@ using nlohmann::json;
 
 std::string type_name(const json& value) { return value.type_name(); }
 
-// A whole number that fits int64 (JSON's 2^64-1 is no -1).
-bool is_int64(const json& v) {
-  return v.is_number_integer() && !(v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX));
-}
 
 // Binders: one per member type. Each knows how to read JSON, write JSON and
 // parse command-line text for a member, and names the key in its errors.

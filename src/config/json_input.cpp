@@ -34,18 +34,25 @@ nlohmann::json read_json(const std::string& path, uint64_t max_bytes) {
   return parse_json(text.str(), path);
 }
 
+bool is_int64(const nlohmann::json& value) {
+  return value.is_number_integer() &&
+         !(value.is_number_unsigned() && value.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX));
+}
+
+int64_t whole_number(const nlohmann::json& value, const std::string& name, int64_t min, int64_t max,
+                     const std::string& where) {
+  if (!is_int64(value)) throw JsonInputError(where + ": " + name + " must be a whole number, got " + json_excerpt(value));
+  const int64_t n = value.get<int64_t>();
+  if (n < min || n > max)
+    throw JsonInputError(where + ": " + name + " " + std::to_string(n) + " is outside " + std::to_string(min) + ".." +
+                         std::to_string(max));
+  return n;
+}
+
 int64_t json_integer(const nlohmann::json& object, const std::string& key, int64_t min, int64_t max,
                      const std::string& where) {
   if (!object.is_object() || !object.contains(key)) throw JsonInputError(where + ": no " + key);
-  const nlohmann::json& v = object.at(key);
-  const bool too_big = v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX);
-  if (!v.is_number_integer() || too_big)
-    throw JsonInputError(where + ": " + key + " must be a whole number, got " + json_excerpt(v));
-  const int64_t n = v.get<int64_t>();
-  if (n < min || n > max)
-    throw JsonInputError(where + ": " + key + " " + std::to_string(n) + " is outside " + std::to_string(min) + ".." +
-                         std::to_string(max));
-  return n;
+  return whole_number(object.at(key), key, min, max, where);
 }
 
 std::string json_excerpt(const nlohmann::json& value) {

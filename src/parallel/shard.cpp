@@ -56,7 +56,7 @@ ShardSpec shard_spec_from_json(const nlohmann::json& json) {
     throw JsonInputError("full_shape must be a list of at most 8 sizes, got " + json_excerpt(full));
   ShardSpec spec;
   for (size_t d = 0; d < full.size(); ++d)
-    spec.full_shape.push_back(json_integer(nlohmann::json{{"size", full[d]}}, "size", 0, kMaxLength, "full_shape"));
+    spec.full_shape.push_back(whole_number(full[d], "full_shape", 0, kMaxLength, "shard spec"));
   spec.dim = json_integer(json, "dim", -1, static_cast<int64_t>(full.size()) - 1, "shard spec");
   // A padded dimension's last shards may start past its end.
   spec.offset = json_integer(json, "offset", 0, spec.sharded() ? kMaxLength : 0, "shard spec");

@@ -26,8 +26,14 @@ nlohmann::json parse_json(std::string_view text, const std::string& where);
 // The file at `path`, at most `max_bytes` long.
 nlohmann::json read_json(const std::string& path, uint64_t max_bytes = uint64_t{64} << 20);
 
-// object[key] as an integer in [min, max]: not a fraction, not a string, not
-// a number past int64 (2^64-1 read as -1).
+// A whole number that fits int64 (the library reads 2^64-1 as -1).
+bool is_int64(const nlohmann::json& value);
+
+// `value`, named `name` in errors, as an integer in [min, max]: not a
+// fraction, not a string, not a number past int64.
+int64_t whole_number(const nlohmann::json& value, const std::string& name, int64_t min, int64_t max,
+                     const std::string& where);
+// object[key] as whole_number does.
 int64_t json_integer(const nlohmann::json& object, const std::string& key, int64_t min, int64_t max,
                      const std::string& where);
 
