@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Speed and memory figures of the built binary on this machine.
 
-Prints one line per measurement; nothing here passes or fails. The README's
-performance section is copied from its output. Takes ~25 minutes on 2 cores;
+Prints one line per measurement; nothing here passes or fails. The tables
+of docs/measured.md are copied from its output. Takes ~25 minutes on 2 cores;
 run it on an idle machine (never during a build).
 
 Usage: benchmarks/run_benchmarks.py [--build BUILD_DIR] [--only NAME ...]
