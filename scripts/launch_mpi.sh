@@ -12,7 +12,7 @@
 #   NP [NPROC_PER_NODE * NNODES]: total processes (NPROC_PER_NODE [1], NNODES [1])
 #   HOSTFILE []: Open MPI hostfile, passed as --hostfile
 #   MASTER_ADDR [first host of HOSTFILE, else 127.0.0.1]  MASTER_PORT [29500]
-#   TP_SIZE [1]  PP_SIZE [1]  MICRO_BATCH_SIZE [4]  MAX_STEPS [10000]
+#   TP_SIZE  PP_SIZE  MICRO_BATCH_SIZE  MAX_STEPS [unset: the config file's or the binary's]
 #   MINIPRETRAIN_BIN [<script dir>/../build/minipretrain]; with a hostfile it
 #     must exist at the same path on every host.
 #   MPIRUN_ARGS []: extra mpirun arguments, split on whitespace (no quoting).
@@ -43,10 +43,8 @@ NPROC_PER_NODE=${NPROC_PER_NODE:-1}
 NNODES=${NNODES:-1}
 HOSTFILE=${HOSTFILE:-}
 MASTER_PORT=${MASTER_PORT:-29500}
-TP_SIZE=${TP_SIZE:-1}
-PP_SIZE=${PP_SIZE:-1}
-MICRO_BATCH_SIZE=${MICRO_BATCH_SIZE:-4}
-MAX_STEPS=${MAX_STEPS:-10000}
+# TP_SIZE, PP_SIZE, MICRO_BATCH_SIZE and MAX_STEPS become flags only when set,
+# so a --config file's values stand otherwise.
 MINIPRETRAIN_BIN=${MINIPRETRAIN_BIN:-$(dirname "$0")/../build/minipretrain}
 MPIRUN_ARGS=${MPIRUN_ARGS:-}
 KILL_GRACE_SECONDS=${KILL_GRACE_SECONDS:-30}
@@ -60,7 +58,7 @@ NP=${NP:-$((NPROC_PER_NODE * NNODES))}
 # A plain digit pattern (no leading zeros, no sign) also rules out values that
 # bash arithmetic would misread, such as 08 (octal).
 for name in NP MASTER_PORT TP_SIZE PP_SIZE MICRO_BATCH_SIZE MAX_STEPS KILL_GRACE_SECONDS; do
-  [[ ${!name} =~ ^[1-9][0-9]{0,8}$ ]] || die "$name must be a positive integer, got '${!name}'"
+  [[ ${!name:-1} =~ ^[1-9][0-9]{0,8}$ ]] || die "$name must be a positive integer, got '${!name}'"
 done
 ((MASTER_PORT <= 65535)) || die "MASTER_PORT must be at most 65535, got $MASTER_PORT"
 [[ $MAX_RESTARTS =~ ^(0|[1-9][0-9]{0,8})$ ]] || die "MAX_RESTARTS must be a non-negative integer, got '$MAX_RESTARTS'"
@@ -93,8 +91,12 @@ export MASTER_ADDR MASTER_PORT
 # ---- the binary's command line ---------------------------------------------
 # The user's arguments come last: minipretrain takes the last occurrence of a
 # repeated flag, so they override the flags built from the settings.
-bin_args=(--tensor-parallel-size "$TP_SIZE" --pipeline-parallel-size "$PP_SIZE"
-  --micro-batch-size "$MICRO_BATCH_SIZE" --max-steps "$MAX_STEPS" "$@")
+bin_args=()
+[[ -n ${TP_SIZE:-} ]] && bin_args+=(--tensor-parallel-size "$TP_SIZE")
+[[ -n ${PP_SIZE:-} ]] && bin_args+=(--pipeline-parallel-size "$PP_SIZE")
+[[ -n ${MICRO_BATCH_SIZE:-} ]] && bin_args+=(--micro-batch-size "$MICRO_BATCH_SIZE")
+[[ -n ${MAX_STEPS:-} ]] && bin_args+=(--max-steps "$MAX_STEPS")
+bin_args+=("$@")
 
 # ---- the mpirun command line -----------------------------------------------
 # --bind-to none: Open MPI would otherwise pin each rank to one core (for

@@ -11,7 +11,7 @@
 # Settings (environment, defaults in brackets):
 #   NPROC_PER_NODE [1]  NNODES [1]  NODE_RANK [0]
 #   MASTER_ADDR [127.0.0.1]  MASTER_PORT [29500]
-#   TP_SIZE [1]  PP_SIZE [1]  MICRO_BATCH_SIZE [4]  MAX_STEPS [10000]
+#   TP_SIZE  PP_SIZE  MICRO_BATCH_SIZE  MAX_STEPS [unset: the config file's or the binary's]
 #   MINIPRETRAIN_BIN [<script dir>/../build/minipretrain]
 #   LAUNCHER [builtin]: builtin | torchrun
 #   TORCHRUN [torchrun on PATH, else <script dir>/../.venv/bin/torchrun, the
@@ -52,10 +52,8 @@ NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-29500}
-TP_SIZE=${TP_SIZE:-1}
-PP_SIZE=${PP_SIZE:-1}
-MICRO_BATCH_SIZE=${MICRO_BATCH_SIZE:-4}
-MAX_STEPS=${MAX_STEPS:-10000}
+# TP_SIZE, PP_SIZE, MICRO_BATCH_SIZE and MAX_STEPS become flags only when set,
+# so a --config file's values stand otherwise.
 MINIPRETRAIN_BIN=${MINIPRETRAIN_BIN:-$(dirname "$0")/../build/minipretrain}
 LAUNCHER=${LAUNCHER:-builtin}
 KILL_GRACE_SECONDS=${KILL_GRACE_SECONDS:-5}
@@ -65,7 +63,7 @@ MAX_RESTARTS=${MAX_RESTARTS:-0}
 # A plain digit pattern (no leading zeros, no sign) also rules out values that
 # bash arithmetic would misread, such as 08 (octal).
 for name in NPROC_PER_NODE NNODES MASTER_PORT TP_SIZE PP_SIZE MICRO_BATCH_SIZE MAX_STEPS KILL_GRACE_SECONDS; do
-  [[ ${!name} =~ ^[1-9][0-9]{0,8}$ ]] || die "$name must be a positive integer, got '${!name}'"
+  [[ ${!name:-1} =~ ^[1-9][0-9]{0,8}$ ]] || die "$name must be a positive integer, got '${!name}'"
 done
 [[ $NODE_RANK =~ ^(0|[1-9][0-9]{0,8})$ ]] || die "NODE_RANK must be a non-negative integer, got '$NODE_RANK'"
 [[ $MAX_RESTARTS =~ ^(0|[1-9][0-9]{0,8})$ ]] || die "MAX_RESTARTS must be a non-negative integer, got '$MAX_RESTARTS'"
@@ -91,8 +89,12 @@ fi
 # ---- the binary's command line ---------------------------------------------
 # The user's arguments come last: minipretrain takes the last occurrence of a
 # repeated flag, so they override the flags built from the settings.
-bin_args=(--tensor-parallel-size "$TP_SIZE" --pipeline-parallel-size "$PP_SIZE"
-  --micro-batch-size "$MICRO_BATCH_SIZE" --max-steps "$MAX_STEPS" "$@")
+bin_args=()
+[[ -n ${TP_SIZE:-} ]] && bin_args+=(--tensor-parallel-size "$TP_SIZE")
+[[ -n ${PP_SIZE:-} ]] && bin_args+=(--pipeline-parallel-size "$PP_SIZE")
+[[ -n ${MICRO_BATCH_SIZE:-} ]] && bin_args+=(--micro-batch-size "$MICRO_BATCH_SIZE")
+[[ -n ${MAX_STEPS:-} ]] && bin_args+=(--max-steps "$MAX_STEPS")
+bin_args+=("$@")
 
 WORLD_SIZE=$((NNODES * NPROC_PER_NODE))
 export MASTER_ADDR MASTER_PORT

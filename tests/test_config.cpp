@@ -4,7 +4,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "minipretrain/config/cli.h"
+#include "minipretrain/commands/cli.h"
 #include "minipretrain/config/config.h"
 #include "minipretrain/distributed/launch_env.h"
 #include "minipretrain/distributed/parallel_state.h"
@@ -54,7 +54,7 @@ TEST(Config, DefaultsMatchTheOriginal) {
   EXPECT_DOUBLE_EQ(c.train.learning_rate, 3e-4);
   EXPECT_DOUBLE_EQ(c.train.min_lr, 3e-5);
   EXPECT_DOUBLE_EQ(c.train.warmup_ratio, 0.05);
-  EXPECT_EQ(c.parallel.pipeline_schedule, "1f1b");
+  EXPECT_EQ(c.parallel.pipeline_schedule, PipelineSchedule::OneFOneB);
   EXPECT_EQ(c.log.output_dir, "./checkpoints");
   EXPECT_EQ(c.log.save_interval, 1000);
 }
@@ -125,12 +125,9 @@ TEST(Config, LayoutMistakes) {
   c.parallel.pipeline_layer_split = {12, 0};
   EXPECT_EQ(resolve_error(c, 2), "pipeline_layer_split 12,0: every stage needs at least one layer");
   c = Config();
-  c.parallel.pipeline_schedule = "zb-h2";
-  EXPECT_EQ(resolve_error(c), "pipeline_schedule must be gpipe, 1f1b, interleaved-1f1b or zb-h1, got 'zb-h2'");
-  c = Config();
   c.parallel.virtual_pipeline_stages = 2;
   EXPECT_EQ(resolve_error(c), "virtual_pipeline_stages 2 needs pipeline_schedule interleaved-1f1b, got 1f1b");
-  c.parallel.pipeline_schedule = "interleaved-1f1b";
+  c.parallel.pipeline_schedule = PipelineSchedule::Interleaved1F1B;
   EXPECT_EQ(resolve_error(c), "pipeline_schedule interleaved-1f1b needs pipeline_parallel_size 2 or more, got 1");
   c.parallel.pipeline_parallel_size = 2;
   c.parallel.virtual_pipeline_stages = 1;
@@ -147,18 +144,41 @@ TEST(Config, LayoutMistakes) {
   c.parallel.num_microbatches = 3;
   EXPECT_EQ(resolve_error(c, 2), "pipeline_schedule interleaved-1f1b needs num_microbatches no more than "
                                  "pipeline_parallel_size or a multiple of it, got 3 microbatches for 2 stages");
-  c = Config();
-  c.train.precision = "fp16";
-  EXPECT_EQ(resolve_error(c), "precision must be auto, fp32 or bf16, got 'fp16'");
-  c = Config();
-  c.train.recompute = "selective";
-  EXPECT_EQ(resolve_error(c), "recompute must be none or full, got 'selective'");
+}
+
+// A choice outside its table is refused where it is read, from a flag or from JSON.
+TEST(Config, ChoicesAreCheckedAgainstTheirNameTable) {
+  auto flag_error = [](const std::vector<std::string>& args) {
+    try {
+      parse(args);
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(flag_error({"--pipeline-schedule", "zb-h2"}),
+            "pipeline_schedule must be gpipe, 1f1b, interleaved-1f1b or zb-h1, got 'zb-h2'");
+  EXPECT_EQ(flag_error({"--precision", "fp16"}), "precision must be auto, fp32 or bf16, got 'fp16'");
+  EXPECT_EQ(flag_error({"--recompute", "selective"}), "recompute must be none or full, got 'selective'");
+  EXPECT_EQ(flag_error({"--device", "tpu"}), "device must be auto, cpu or cuda, got 'tpu'");
+  EXPECT_EQ(parse({"--pipeline-schedule", "zb-h1"}).parallel.pipeline_schedule, PipelineSchedule::ZeroBubbleH1);
+  EXPECT_EQ(parse({"--precision", "fp32"}).train.precision, Precision::Fp32);
+  try {
+    load_config_file(write_temp("choice.json", R"({"recompute": "selective"})"));
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("recompute must be none or full, got 'selective'"), std::string::npos)
+        << e.what();
+  }
+  // Every name reads back as its value: the table is the one place a choice is named.
+  for (const auto& [value, name] : choice_table<PipelineSchedule>())
+    EXPECT_EQ(parse_choice<PipelineSchedule>("pipeline_schedule", name), value);
 }
 
 TEST(Config, InterleavedSplitsPerVirtualStage) {
   Config c;
   c.parallel.pipeline_parallel_size = 2;
-  c.parallel.pipeline_schedule = "interleaved-1f1b";
+  c.parallel.pipeline_schedule = PipelineSchedule::Interleaved1F1B;
   c.parallel.virtual_pipeline_stages = 2;
   c.resolve(2);
   // The four virtual stages balanced, the last with the LM head and loss:

@@ -14,7 +14,7 @@
 #include "minipretrain/checkpoint/hf_import.h"
 #include "minipretrain/checkpoint/safetensors.h"
 #include "minipretrain/checkpoint/tensor_source.h"
-#include "minipretrain/config/cli.h"
+#include "minipretrain/commands/cli.h"
 #include "minipretrain/config/json_input.h"
 #include "minipretrain/data/indexed_dataset.h"
 #include "test_support.h"

@@ -252,7 +252,7 @@ TEST(GradientBuckets, StartInOrderAsTheirTensorsBecomeReady) {
 
 namespace {
 
-std::vector<std::vector<Action>> every_stage(const std::string& name, int64_t stages, int64_t m, int64_t v = 1) {
+std::vector<std::vector<Action>> every_stage(PipelineSchedule name, int64_t stages, int64_t m, int64_t v = 1) {
   std::vector<std::vector<Action>> lists;
   for (int64_t s = 0; s < stages; ++s) lists.push_back(make_schedule(name, stages, s, m, v));
   return lists;
@@ -277,9 +277,9 @@ TEST(Schedules, EveryScheduleRunsEachMicrobatchOnceWithoutDeadlock) {
   for (int64_t stages : {1, 2, 3, 4, 8})
     for (int64_t m : {1, 2, 3, 4, 8, 13, 16}) {
       SCOPED_TRACE("PP " + std::to_string(stages) + " M " + std::to_string(m));
-      const auto gpipe = simulate_schedule("gpipe", stages, m);
-      const auto one_f_one_b = simulate_schedule("1f1b", stages, m);
-      const auto zb = simulate_schedule("zb-h1", stages, m);
+      const auto gpipe = simulate_schedule(PipelineSchedule::GPipe, stages, m);
+      const auto one_f_one_b = simulate_schedule(PipelineSchedule::OneFOneB, stages, m);
+      const auto zb = simulate_schedule(PipelineSchedule::ZeroBubbleH1, stages, m);
       for (int64_t s = 0; s < stages; ++s) {
         EXPECT_EQ(gpipe.peak_in_flight[s], m);
         EXPECT_LE(one_f_one_b.peak_in_flight[s], std::min(stages - s, m)) << "stage " << s;
@@ -296,10 +296,10 @@ TEST(Schedules, EveryScheduleRunsEachMicrobatchOnceWithoutDeadlock) {
       if (stages < 2) continue;
       for (int64_t v : {2, 3}) {
         if (m > stages && m % stages != 0) {
-          EXPECT_THROW(make_schedule("interleaved-1f1b", stages, 0, m, v), std::invalid_argument);
+          EXPECT_THROW(make_schedule(PipelineSchedule::Interleaved1F1B, stages, 0, m, v), std::invalid_argument);
           continue;
         }
-        const auto interleaved = simulate_schedule("interleaved-1f1b", stages, m, v);
+        const auto interleaved = simulate_schedule(PipelineSchedule::Interleaved1F1B, stages, m, v);
         // Narayanan et al.: the bubble shrinks by V, (PP - 1) / (V M + PP - 1)
         // once every group of PP microbatches is full.
         if (m % stages == 0)
@@ -317,7 +317,7 @@ TEST(Schedules, EveryScheduleRunsEachMicrobatchOnceWithoutDeadlock) {
 }
 
 TEST(Schedules, TheCheckerCatchesBrokenSchedules) {
-  auto lists = every_stage("zb-h1", 2, 2);
+  auto lists = every_stage(PipelineSchedule::ZeroBubbleH1, 2, 2);
   EXPECT_EQ(complaint(lists, 2), "");
   auto dropped = lists;
   dropped[1].pop_back();  // the last W of stage 1
@@ -327,7 +327,7 @@ TEST(Schedules, TheCheckerCatchesBrokenSchedules) {
   EXPECT_NE(complaint(twice, 2).find("runs twice"), std::string::npos) << complaint(twice, 2);
   // Two backwards of one chunk out of microbatch order: their gradients
   // would be received as each other's.
-  auto reordered = every_stage("1f1b", 2, 2);
+  auto reordered = every_stage(PipelineSchedule::OneFOneB, 2, 2);
   std::swap(reordered[1][1], reordered[1][3]);  // F0 B0 F1 B1 -> F0 B1 F1 B0
   EXPECT_NE(complaint(reordered, 2).find("comes after"), std::string::npos) << complaint(reordered, 2);
   // Stage 0 sends microbatch 1 before 0 (in order per chunk and kind, as
@@ -397,7 +397,7 @@ std::set<std::tuple<bool, size_t, int, int>> transfers_of(const std::vector<Tran
 // sends a0, a1 and then receives g0; stage 1 receives a0, sends g0 and then
 // receives a1. Batched, the send of a1 runs with the receive of g0.
 TEST(Schedules, SendsAndReceivesPostedOneByOneDeadlockUnderNcclRules) {
-  const auto batched = planned(every_stage("1f1b", 2, 2), 1, true);
+  const auto batched = planned(every_stage(PipelineSchedule::OneFOneB, 2, 2), 1, true);
   EXPECT_EQ(in_order_complaint(batched), "");
   EXPECT_EQ(batched[0].size(), 3u);  // a0; a1 with g0; g1
   auto one_by_one = batched;
@@ -414,7 +414,7 @@ TEST(Schedules, SendsAndReceivesPostedOneByOneDeadlockUnderNcclRules) {
   EXPECT_NE(complaint.find("stage 0 waits on its send of action 1 to stage 1"), std::string::npos) << complaint;
   // Gloo's order, each receive posted an action ahead, deadlocks too: NCCL
   // cannot post receives ahead (receives_post_ahead() stays false there).
-  EXPECT_NE(in_order_complaint(planned(every_stage("1f1b", 2, 2), 1, false)).find("deadlock"), std::string::npos);
+  EXPECT_NE(in_order_complaint(planned(every_stage(PipelineSchedule::OneFOneB, 2, 2), 1, false)).find("deadlock"), std::string::npos);
   // A result sent before its action computes is refused.
   auto early = batched;
   early[0][0].before = 0;
@@ -429,11 +429,12 @@ TEST(Schedules, EveryScheduleFinishesUnderNcclRules) {
   for (int64_t stages : {2, 3, 4, 8})
     for (int64_t m : {1, 2, 3, 4, 8, 13, 16}) {
       std::vector<std::tuple<std::string, int64_t, std::vector<std::vector<Action>>>> runs;
-      for (const std::string name : {"gpipe", "1f1b", "zb-h1"})
-        runs.emplace_back(name, 1, every_stage(name, stages, m));
+      for (PipelineSchedule schedule :
+           {PipelineSchedule::GPipe, PipelineSchedule::OneFOneB, PipelineSchedule::ZeroBubbleH1})
+        runs.emplace_back(name_of(schedule), 1, every_stage(schedule, stages, m));
       for (int64_t v : {2, 3})
         if (m <= stages || m % stages == 0)
-          runs.emplace_back("interleaved-1f1b", v, every_stage("interleaved-1f1b", stages, m, v));
+          runs.emplace_back("interleaved-1f1b", v, every_stage(PipelineSchedule::Interleaved1F1B, stages, m, v));
       for (int64_t v : {1, 2, 3})
         runs.emplace_back("forwards only", v,
                           std::vector<std::vector<Action>>(stages, forward_only_schedule(stages, m, v)));

@@ -232,7 +232,7 @@ TEST(PipelineParallel, ReceivesArePostedOneActionAhead) {
     auto stage = std::make_shared<ScaleStage>();
     LoggingGroup pp(ahead);
     PipelineExecutor executor(stage, pp, {2, 3});
-    const std::vector<Action> actions = minipretrain::make_schedule("1f1b", 3, 1, 6, 1);
+    const std::vector<Action> actions = minipretrain::make_schedule(minipretrain::PipelineSchedule::OneFOneB, 3, 1, 6, 1);
     executor.run(actions, std::vector<Microbatch>(6));
 
     const std::vector<size_t> posts = positions(pp.log, "post"), waits = positions(pp.log, "wait"),

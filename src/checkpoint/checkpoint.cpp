@@ -15,7 +15,7 @@
 #include <fstream>
 #include <regex>
 
-#include "minipretrain/config/faults.h"
+#include "minipretrain/train/faults.h"
 #include "minipretrain/config/json_input.h"
 
 #include <spdlog/spdlog.h>

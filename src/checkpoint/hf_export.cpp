@@ -9,7 +9,7 @@
 #include "minipretrain/checkpoint/checkpoint.h"
 #include "minipretrain/checkpoint/safetensors.h"
 #include "minipretrain/checkpoint/tensor_source.h"
-#include "minipretrain/config/progress.h"
+#include "minipretrain/data/progress.h"
 #include "minipretrain/distributed/communicator.h"
 #include "minipretrain/model/stage.h"
 

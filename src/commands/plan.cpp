@@ -8,9 +8,17 @@
 #include <fmt/format.h>
 
 #include "minipretrain/parallel/schedule.h"
+#include "minipretrain/train/main_params.h"
 
 namespace minipretrain {
 namespace {
+
+// Auto as training resolves it: bf16 on the GPUs plans are for, on a CPU
+// what this machine computes natively.
+bool computes_in_fp32(Precision precision, bool cpu) {
+  if (precision == Precision::Auto && cpu) return resolve_precision(precision, torch::kCPU) == torch::kFloat;
+  return precision == Precision::Fp32;
+}
 
 // The shapes one rank of one stage works with: its TP shard of the model.
 struct Shapes {
@@ -33,7 +41,7 @@ struct Shapes {
     b = static_cast<double>(config.train.micro_batch_size);
     s = static_cast<double>(m.max_seq_length);
     tokens = b * s;
-    c = config.train.precision == "fp32" ? 4.0 : 2.0;
+    c = computes_in_fp32(config.train.precision, cpu) ? 4.0 : 2.0;
     wire = cpu ? 4.0 : c;
   }
 
@@ -81,7 +89,7 @@ int64_t stage_layers(const Config& config, int64_t stage) {
 StageEstimate estimate_stage(const Config& config, const Cluster& cluster, int64_t stage, int64_t num_stages) {
   const Shapes x(config, cluster.cpu);
   const bool first = stage == 0, last = stage == num_stages - 1;
-  const bool recompute = config.train.recompute == "full";
+  const bool recompute = config.train.recompute == Recompute::Full;
   const double layers = static_cast<double>(stage_layers(config, stage));
   const double microbatches = static_cast<double>(config.microbatches());
   const int64_t tp = x.tp, dp = config.data_parallel_size;
@@ -266,7 +274,7 @@ Cluster cluster_of(const PlanCommand& command, const Config& config) {
   cluster.flops = command.flops;
   cluster.intra_node_bw = parse_bandwidth(command.intra_node_bw, "--intra-node-bw");
   cluster.inter_node_bw = parse_bandwidth(command.inter_node_bw, "--inter-node-bw");
-  cluster.cpu = config.train.device == "cpu";
+  cluster.cpu = config.train.device == DeviceChoice::Cpu;
   return cluster;
 }
 
@@ -291,9 +299,9 @@ std::vector<LayoutEstimate> plan_layouts(const Config& config, const Cluster& cl
       if (global % dp != 0) continue;
       for (int64_t micro = 1; micro <= global / dp; ++micro) {
         if (global / dp % micro != 0) continue;
-        for (const std::string& schedule : pipeline_schedule_names())
-          for (const char* recompute : {"none", "full"})
-            for (const char* precision : {"bf16", "fp32"}) {
+        for (const auto& [schedule, name] : choice_table<PipelineSchedule>())
+          for (Recompute recompute : {Recompute::None, Recompute::Full})
+            for (Precision precision : {Precision::Bf16, Precision::Fp32}) {
               Config c = config;
               c.parallel.tensor_parallel_size = tp;
               c.parallel.pipeline_parallel_size = pp;
@@ -355,10 +363,10 @@ nlohmann::json to_json(const LayoutEstimate& layout) {
           {"micro_batch_size", c.train.micro_batch_size},
           {"num_microbatches", c.microbatches()},
           {"global_batch_size", c.global_batch()},
-          {"pipeline_schedule", c.parallel.pipeline_schedule},
+          {"pipeline_schedule", name_of(c.parallel.pipeline_schedule)},
           {"pipeline_layer_split", c.parallel.pipeline_layer_split},
-          {"recompute", c.train.recompute},
-          {"precision", c.train.precision},
+          {"recompute", name_of(c.train.recompute)},
+          {"precision", name_of(c.train.precision)},
           {"peak_memory_bytes", layout.peak_memory()},
           {"largest_stage", layout.largest_stage},
           {"fits", layout.fits},
@@ -411,7 +419,8 @@ void run_plan(const PlanCommand& command, const Config& config) {
                 i + 1, static_cast<long long>(c.parallel.tensor_parallel_size),
                 static_cast<long long>(c.parallel.pipeline_parallel_size), static_cast<long long>(c.data_parallel_size),
                 static_cast<long long>(c.train.micro_batch_size), static_cast<long long>(c.microbatches()),
-                c.parallel.pipeline_schedule.c_str(), c.train.recompute.c_str(), c.train.precision.c_str(),
+                name_of(c.parallel.pipeline_schedule).c_str(), name_of(c.train.recompute).c_str(),
+                name_of(c.train.precision).c_str(),
                 gb(mem.total()).c_str(), static_cast<long long>(l.largest_stage), gb(mem.weights).c_str(),
                 gb(mem.gradients).c_str(), gb(mem.optimizer).c_str(), gb(mem.activations).c_str(),
                 gb(mem.comm_buffers + mem.baseline).c_str(), most.tp / 1e6, most.dp / 1e6, most.pp / 1e6, l.bubble,

@@ -67,11 +67,6 @@ void validate_train(const TrainConfig& t) {
   require(t.grad_clip >= 0, "grad_clip must not be negative, got " + str(t.grad_clip));
   require(t.warmup_ratio >= 0 && t.warmup_ratio <= 1,
           "warmup_ratio must be in [0, 1], got " + str(t.warmup_ratio));
-  require(t.device == "auto" || t.device == "cpu" || t.device == "cuda",
-          "device must be auto, cpu or cuda, got '" + t.device + "'");
-  require(t.precision == "auto" || t.precision == "fp32" || t.precision == "bf16",
-          "precision must be auto, fp32 or bf16, got '" + t.precision + "'");
-  require(t.recompute == "none" || t.recompute == "full", "recompute must be none or full, got '" + t.recompute + "'");
   require_positive("max_skipped_steps", t.max_skipped_steps);
   require(t.num_threads >= 0, "num_threads must not be negative, got " + std::to_string(t.num_threads));
 }
@@ -83,19 +78,16 @@ void validate_layout(const Config& c, int64_t world_size) {
   require_size("pipeline_parallel_size", p.pipeline_parallel_size, 4096);
   require_positive("dist_timeout", p.dist_timeout);
   require(p.ddp_bucket_mb >= 0, "ddp_bucket_mb must not be negative, got " + std::to_string(p.ddp_bucket_mb));
-  const std::string& schedule = p.pipeline_schedule;
-  require(schedule == "gpipe" || schedule == "1f1b" || schedule == "interleaved-1f1b" || schedule == "zb-h1",
-          "pipeline_schedule must be gpipe, 1f1b, interleaved-1f1b or zb-h1, got '" + schedule + "'");
   require_positive("virtual_pipeline_stages", p.virtual_pipeline_stages);
   const int64_t tp = p.tensor_parallel_size, pp = p.pipeline_parallel_size, v = p.virtual_pipeline_stages;
-  if (schedule == "interleaved-1f1b") {
+  if (p.pipeline_schedule == PipelineSchedule::Interleaved1F1B) {
     require(pp >= 2, "pipeline_schedule interleaved-1f1b needs pipeline_parallel_size 2 or more, got " +
                          std::to_string(pp));
     require(v >= 2, "pipeline_schedule interleaved-1f1b needs virtual_pipeline_stages 2 or more (with 1 it is 1f1b), "
                     "got " + std::to_string(v));
   } else {
     require(v == 1, "virtual_pipeline_stages " + std::to_string(v) + " needs pipeline_schedule interleaved-1f1b, got " +
-                        schedule);
+                        name_of(p.pipeline_schedule));
   }
   require(world_size % (tp * pp) == 0,
           "world size " + std::to_string(world_size) + " is not divisible by tensor_parallel_size " +
@@ -182,7 +174,7 @@ void Config::resolve(int64_t world_size) {
   // Megatron's rule for the interleaved order (microbatches go through the
   // chunks in groups of PP); with no more microbatches than stages all are warm-up.
   const int64_t pp = parallel.pipeline_parallel_size, m = microbatches();
-  require(parallel.pipeline_schedule != "interleaved-1f1b" || m <= pp || m % pp == 0,
+  require(parallel.pipeline_schedule != PipelineSchedule::Interleaved1F1B || m <= pp || m % pp == 0,
           "pipeline_schedule interleaved-1f1b needs num_microbatches no more than pipeline_parallel_size or a "
           "multiple of it, got " + std::to_string(m) + " microbatches for " + std::to_string(pp) + " stages");
   model.num_key_value_heads = model.kv_heads();

@@ -1,6 +1,7 @@
 #include "minipretrain/config/fields.h"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "minipretrain/config/json_input.h"
 
@@ -141,10 +142,21 @@ Field path(Field f) {
   return f;
 }
 
-Field one_of(Field f, const std::vector<std::string>& choices) {
+// A multiple-choice field (config/choices.h): a name in JSON and on the
+// command line, {a,b,c} in --help.
+template <typename Choice, typename = std::enable_if_t<std::is_enum_v<Choice>>>
+Field field_for(std::string key, std::string help, Choice& member) {
+  Field f{key, std::move(help), nullptr, nullptr, nullptr};
   f.type_name = "{";
-  for (const std::string& c : choices) f.type_name += (f.type_name.size() > 1 ? "," : "") + c;
+  for (const auto& [value, name] : choice_table<Choice>()) f.type_name += (f.type_name.size() > 1 ? "," : "") + name;
   f.type_name += "}";
+  f.get = [&member] { return json(name_of(member)); };
+  f.set = [key, &member](const json& v) {
+    if (!v.is_string())
+      throw ConfigError(key + " must be " + choice_list<Choice>() + ", got " + type_name(v) + " " + json_excerpt(v));
+    member = parse_choice<Choice>(key, v.get<std::string>());
+  };
+  f.parse = [key, &member](const std::string& text) { member = parse_choice<Choice>(key, text); };
   return f;
 }
 
@@ -180,17 +192,17 @@ std::vector<Field> config_fields(Config& c) {
       field_for("grad_clip", "clip the global gradient norm to this (0: off)", t.grad_clip),
       field_for("warmup_ratio", "fraction of max_steps spent in linear warm-up", t.warmup_ratio),
       field_for("seed", "seed of the weights and the data order", t.seed),
-      one_of(field_for("device", "auto, cpu or cuda", t.device), {"auto", "cpu", "cuda"}),
+      field_for("device", "auto, cpu or cuda", t.device),
       field_for("num_threads", "intra-op threads per process (0: cores / local processes)", t.num_threads),
       path(field_for("resume", "checkpoint directory to resume from, or 'auto' for the newest", t.resume)),
       path(field_for("init_from",
                      "start from these weights (a checkpoint of any layout, or a Hugging Face Llama directory) with "
                      "fresh optimizer state at step 1; a checkpoint found by --resume wins",
                      t.init_from)),
-      one_of(field_for("precision", "fp32, bf16 (fp32 master weights and gradients), or auto: bf16 where the hardware has it",
-                       t.precision), {"auto", "fp32", "bf16"}),
-      one_of(field_for("recompute", "none, or full: recompute each decoder layer in backward to save activation memory",
-                       t.recompute), {"none", "full"}),
+      field_for("precision", "fp32, bf16 (fp32 master weights and gradients), or auto: bf16 where the hardware has it",
+                t.precision),
+      field_for("recompute", "none, or full: recompute each decoder layer in backward to save activation memory",
+                t.recompute),
       field_for("max_skipped_steps",
                 "stop with an error after this many consecutive steps skipped for a non-finite loss or gradient",
                 t.max_skipped_steps),
@@ -199,9 +211,7 @@ std::vector<Field> config_fields(Config& c) {
       field_for("tensor_parallel_size", "tensor-parallel ranks", p.tensor_parallel_size),
       field_for("pipeline_parallel_size", "pipeline stages", p.pipeline_parallel_size),
       field_for("num_microbatches", "microbatches per step per data-parallel rank", p.num_microbatches),
-      one_of(field_for("pipeline_schedule", "gpipe, 1f1b, interleaved-1f1b or zb-h1 (zero-bubble H1)",
-                       p.pipeline_schedule),
-             {"gpipe", "1f1b", "interleaved-1f1b", "zb-h1"}),
+      field_for("pipeline_schedule", "gpipe, 1f1b, interleaved-1f1b or zb-h1 (zero-bubble H1)", p.pipeline_schedule),
       field_for("virtual_pipeline_stages", "model chunks per pipeline stage, for interleaved-1f1b",
                 p.virtual_pipeline_stages),
       field_for("pipeline_layer_split",

@@ -114,6 +114,12 @@ void Communicator::all_reduce(torch::Tensor& tensor, ReduceOp op) {
   count("all_reduce", sent, seconds_since(start));
 }
 
+std::vector<double> Communicator::all_reduce(std::vector<double> values, ReduceOp op) {
+  torch::Tensor tensor = torch::from_blob(values.data(), {static_cast<int64_t>(values.size())}, torch::kDouble);
+  all_reduce(tensor, op);
+  return values;
+}
+
 std::unique_ptr<PendingOp> Communicator::all_reduce_async(torch::Tensor& tensor, ReduceOp op) {
   TORCH_CHECK(wire(tensor).is_same(tensor), name_, ": all_reduce_async of a ", tensor.scalar_type(),
               " tensor, which this backend does not send as it is");

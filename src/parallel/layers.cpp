@@ -19,7 +19,7 @@ ColumnParallelLinearImpl::ColumnParallelLinearImpl(int64_t in_features, int64_t 
     : ColumnParallelLinearImpl(in_features, {{"", out_features}}, tp) {}
 
 ColumnParallelLinearImpl::ColumnParallelLinearImpl(int64_t in_features,
-                                                   const std::vector<std::pair<std::string, int64_t>>& outputs,
+                                                   const FusedOutputs& outputs,
                                                    const Communicator& tp) {
   int64_t rows = 0;
   for (const auto& [name, out_features] : outputs) {

@@ -87,14 +87,18 @@ std::vector<Action> forward_only_schedule(int64_t num_stages, int64_t num_microb
   return actions;
 }
 
-std::vector<Action> make_schedule(const std::string& name, int64_t num_stages, int64_t stage, int64_t num_microbatches,
-                                  int64_t num_chunks) {
-  if (name == "interleaved-1f1b") return interleaved_schedule(num_stages, stage, num_microbatches, num_chunks);
+std::vector<Action> make_schedule(PipelineSchedule schedule, int64_t num_stages, int64_t stage,
+                                  int64_t num_microbatches, int64_t num_chunks) {
+  if (schedule == PipelineSchedule::Interleaved1F1B)
+    return interleaved_schedule(num_stages, stage, num_microbatches, num_chunks);
   if (num_chunks != 1) throw std::invalid_argument("only interleaved-1f1b has virtual pipeline stages");
-  if (name == "gpipe") return gpipe_schedule(num_stages, stage, num_microbatches);
-  if (name == "1f1b") return one_f_one_b_schedule(num_stages, stage, num_microbatches);
-  if (name == "zb-h1") return zb_h1_schedule(num_stages, stage, num_microbatches);
-  throw std::invalid_argument("unknown pipeline schedule '" + name + "'");
+  switch (schedule) {
+    case PipelineSchedule::GPipe: return gpipe_schedule(num_stages, stage, num_microbatches);
+    case PipelineSchedule::OneFOneB: return one_f_one_b_schedule(num_stages, stage, num_microbatches);
+    case PipelineSchedule::ZeroBubbleH1: return zb_h1_schedule(num_stages, stage, num_microbatches);
+    case PipelineSchedule::Interleaved1F1B: break;
+  }
+  throw std::invalid_argument("unknown pipeline schedule");
 }
 
 int64_t peak_in_flight(const std::vector<Action>& actions) {
@@ -186,11 +190,6 @@ void check_transfer_order(const std::vector<std::vector<Action>>& stages, int64_
 
 }  // namespace
 
-const std::vector<std::string>& pipeline_schedule_names() {
-  static const std::vector<std::string> names{"gpipe", "1f1b", "interleaved-1f1b", "zb-h1"};
-  return names;
-}
-
 PipelineSimulation simulate_pipeline(const std::vector<std::vector<Action>>& stages, int64_t num_microbatches,
                                      int64_t num_chunks, const StageCosts* costs) {
   const int64_t p = static_cast<int64_t>(stages.size()), last_virtual = p * num_chunks - 1;
@@ -260,11 +259,11 @@ PipelineSimulation simulate_pipeline(const std::vector<std::vector<Action>>& sta
   return result;
 }
 
-PipelineSimulation simulate_schedule(const std::string& name, int64_t num_stages, int64_t num_microbatches,
+PipelineSimulation simulate_schedule(PipelineSchedule schedule, int64_t num_stages, int64_t num_microbatches,
                                      int64_t num_chunks, const StageCosts* costs) {
   std::vector<std::vector<Action>> stages;
   for (int64_t s = 0; s < num_stages; ++s)
-    stages.push_back(make_schedule(name, num_stages, s, num_microbatches, num_chunks));
+    stages.push_back(make_schedule(schedule, num_stages, s, num_microbatches, num_chunks));
   return simulate_pipeline(stages, num_microbatches, num_chunks, costs);
 }
 

@@ -8,7 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "minipretrain/config/config.h"
-#include "minipretrain/config/progress.h"
+#include "minipretrain/data/progress.h"
 #include "minipretrain/data/indexed_writer.h"
 #include "minipretrain/text/tokenizer.h"
 

@@ -15,7 +15,7 @@
 #include <thread>
 
 #include "minipretrain/config/config.h"
-#include "minipretrain/config/progress.h"
+#include "minipretrain/data/progress.h"
 
 namespace minipretrain {
 namespace fs = std::filesystem;

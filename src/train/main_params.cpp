@@ -104,9 +104,9 @@ bool cuda_has_native_bf16(int device) {
 
 }  // namespace
 
-torch::ScalarType resolve_precision(const std::string& precision, const torch::Device& device) {
-  if (precision == "fp32") return torch::kFloat;
-  if (precision == "bf16") return torch::kBFloat16;
+torch::ScalarType resolve_precision(Precision precision, const torch::Device& device) {
+  if (precision == Precision::Fp32) return torch::kFloat;
+  if (precision == Precision::Bf16) return torch::kBFloat16;
   if (device.is_cuda()) return cuda_has_native_bf16(device.index()) ? torch::kBFloat16 : torch::kFloat;
   return cpu_has_native_bf16() ? torch::kBFloat16 : torch::kFloat;
 }

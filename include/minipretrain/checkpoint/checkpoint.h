@@ -40,14 +40,6 @@ struct TrainingProgress {
   std::string layout;  // that wrote the checkpoint, e.g. "TP 2 x PP 2 x DP 1"; set by load_checkpoint
 };
 
-// One tensor of a rank's state, with its place in the full tensor when it
-// is a shard of one. Saving reads `tensor`; loading copies into it.
-struct StateTensor {
-  torch::Tensor tensor;
-  std::optional<ShardSpec> spec;
-};
-using NamedState = std::map<std::string, StateTensor>;
-
 // Collective over the world group. Returns the checkpoint's directory.
 std::string save_checkpoint(const std::string& output_dir, const TrainingProgress& progress, const NamedState& state,
                             const Config& config, const ParallelState& parallel);

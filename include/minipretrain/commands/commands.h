@@ -5,7 +5,7 @@
 
 #include <string>
 
-#include "minipretrain/config/cli.h"
+#include "minipretrain/commands/cli.h"
 #include "minipretrain/model/stage.h"
 
 namespace minipretrain {

@@ -19,7 +19,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "minipretrain/config/cli.h"
+#include "minipretrain/commands/cli.h"
 #include "minipretrain/config/config.h"
 
 namespace minipretrain {

@@ -3,7 +3,7 @@
 // wrote on stdout. Bad input throws ConfigError.
 #pragma once
 
-#include "minipretrain/config/cli.h"
+#include "minipretrain/commands/cli.h"
 
 namespace minipretrain {
 

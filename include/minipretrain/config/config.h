@@ -12,6 +12,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "minipretrain/config/choices.h"
+
 namespace minipretrain {
 
 // A bad configuration. The message is one line naming the field and the value;
@@ -52,13 +54,13 @@ struct TrainConfig {
   double grad_clip = 1.0;
   double warmup_ratio = 0.05;
   int64_t seed = 1234;
-  std::string device = "auto";
+  DeviceChoice device = DeviceChoice::Auto;
   int64_t num_threads = 0;  // 0: cores on this node / processes on this node
   std::string resume;       // "", a checkpoint directory, or "auto"
   std::string init_from;    // weights to start from (a checkpoint or an HF directory), when not resuming
   std::string dump_first_step;  // directory: write step 1's logits and gradients
-  std::string precision = "auto";  // fp32, bf16, or auto: bf16 where the hardware has native bf16
-  std::string recompute = "none";  // none, or full: recompute each decoder layer in backward
+  Precision precision = Precision::Auto;
+  Recompute recompute = Recompute::None;
   int64_t max_skipped_steps = 5;   // consecutive non-finite steps before the run gives up
 };
 
@@ -66,7 +68,7 @@ struct ParallelConfig {
   int64_t tensor_parallel_size = 1;
   int64_t pipeline_parallel_size = 1;
   std::optional<int64_t> num_microbatches;  // unset: global / (micro x DP)
-  std::string pipeline_schedule = "1f1b";  // gpipe, 1f1b, interleaved-1f1b, zb-h1
+  PipelineSchedule pipeline_schedule = PipelineSchedule::OneFOneB;
   int64_t virtual_pipeline_stages = 1;     // model chunks per stage (interleaved-1f1b)
   // Decoder layers per virtual stage (per stage without interleaving), in
   // pipeline order; empty: balanced by compute, counting the embedding on

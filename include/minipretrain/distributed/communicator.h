@@ -66,6 +66,9 @@ class Communicator {
   const std::string& name() const { return name_; }
 
   void all_reduce(torch::Tensor& tensor, ReduceOp op = ReduceOp::Sum);
+  // A few host numbers reduced over the group (votes and losses at a step
+  // boundary), as fp64 on the CPU.
+  std::vector<double> all_reduce(std::vector<double> values, ReduceOp op = ReduceOp::Sum);
   // Starts an all-reduce and returns at once; `tensor` holds the result after
   // wait(). Only for tensors this backend sends as they are (not bf16 on Gloo).
   std::unique_ptr<PendingOp> all_reduce_async(torch::Tensor& tensor, ReduceOp op = ReduceOp::Sum);

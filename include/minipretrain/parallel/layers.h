@@ -44,13 +44,15 @@ class ShardedWeight {
   std::vector<WeightPart> parts_;
 };
 
+// The (name, out_features) parts of a fused column-parallel GEMM.
+using FusedOutputs = std::vector<std::pair<std::string, int64_t>>;
+
 class ColumnParallelLinearImpl : public torch::nn::Module, public ShardedWeight {
  public:
   // `out_features` is padded up to a multiple of the TP size (the LM head).
   ColumnParallelLinearImpl(int64_t in_features, int64_t out_features, const Communicator& tp);
   // Fused: one (name, out_features) per logical weight, stacked in this order.
-  ColumnParallelLinearImpl(int64_t in_features, const std::vector<std::pair<std::string, int64_t>>& outputs,
-                           const Communicator& tp);
+  ColumnParallelLinearImpl(int64_t in_features, const FusedOutputs& outputs, const Communicator& tp);
   // [..., in] -> [..., sum of local rows]; split() cuts it into the parts.
   torch::Tensor forward(const torch::Tensor& x);
   std::vector<torch::Tensor> split(const torch::Tensor& y) const;

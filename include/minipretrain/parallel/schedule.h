@@ -28,6 +28,8 @@
 #include <string>
 #include <vector>
 
+#include "minipretrain/config/choices.h"
+
 namespace minipretrain {
 
 struct Action {
@@ -51,19 +53,14 @@ std::vector<Action> zb_h1_schedule(int64_t num_stages, int64_t stage, int64_t nu
 // 0 would send a whole chunk's activations before taking any back, which
 // NCCL's in-order progress deadlocks (pipeline_transfers.h).
 std::vector<Action> forward_only_schedule(int64_t num_stages, int64_t num_microbatches, int64_t num_chunks);
-// `name` is "gpipe", "1f1b", "interleaved-1f1b" (with `num_chunks` >= 2
-// virtual stages, PP >= 2) or "zb-h1"; the others take num_chunks 1. Config
-// validation refuses the rest with a message per rule; here they throw
-// std::invalid_argument.
-std::vector<Action> make_schedule(const std::string& name, int64_t num_stages, int64_t stage, int64_t num_microbatches,
+// Interleaved 1F1B takes `num_chunks` >= 2 virtual stages (PP >= 2), the
+// others num_chunks 1. Config validation refuses the rest with a message per
+// rule; here they throw std::invalid_argument.
+std::vector<Action> make_schedule(PipelineSchedule schedule, int64_t num_stages, int64_t stage, int64_t num_microbatches,
                                   int64_t num_chunks = 1);
 // The most chunk activations held at any point of the list: forwards whose
 // backward (or W) has not run yet. A chunk holds 1/V of a stage's layers.
 int64_t peak_in_flight(const std::vector<Action>& actions);
-
-// Every name make_schedule knows, for the planner to enumerate (a new schedule
-// is added here and in make_schedule; config validation decides what is valid).
-const std::vector<std::string>& pipeline_schedule_names();
 
 // What one microbatch costs each stage (all its chunks together): a forward,
 // a whole backward (B and W are half of it each), and a transfer between
@@ -94,7 +91,7 @@ PipelineSimulation simulate_pipeline(const std::vector<std::vector<Action>>& sta
 // make_schedule's lists for every stage, simulated. With unit costs, the
 // bubble is what the step line calls the theory (for GPipe and 1F1B it is
 // (PP - 1) / (M + PP - 1)); the planner gives each stage its own costs.
-PipelineSimulation simulate_schedule(const std::string& name, int64_t num_stages, int64_t num_microbatches,
+PipelineSimulation simulate_schedule(PipelineSchedule schedule, int64_t num_stages, int64_t num_microbatches,
                                      int64_t num_chunks = 1, const StageCosts* costs = nullptr);
 
 }  // namespace minipretrain

@@ -4,6 +4,9 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -31,6 +34,15 @@ torch::Tensor take_shard(const torch::Tensor& full, const ShardSpec& spec, int64
 
 // The full tensor from every rank's shard (in any order), padding dropped.
 torch::Tensor join_shards(const std::vector<std::pair<ShardSpec, torch::Tensor>>& shards);
+
+// One tensor of a rank's state (checkpoints, the first-step dump), with its
+// place in the full tensor when it is a shard of one. Saving reads `tensor`;
+// loading copies into it.
+struct StateTensor {
+  torch::Tensor tensor;
+  std::optional<ShardSpec> spec;
+};
+using NamedState = std::map<std::string, StateTensor>;
 
 nlohmann::json to_json(const ShardSpec& spec);
 ShardSpec shard_spec_from_json(const nlohmann::json& json);

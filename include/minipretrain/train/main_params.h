@@ -23,6 +23,8 @@
 
 #include <torch/torch.h>
 
+#include "minipretrain/config/choices.h"
+
 namespace minipretrain {
 
 class MainParams {
@@ -70,8 +72,8 @@ class MainParams {
   std::vector<c10::intrusive_ptr<torch::autograd::Node>> accumulators_;
 };
 
-// fp32 or bf16 for "fp32", "bf16" or "auto" (bf16 where the device computes
+// fp32 or bf16 for Fp32, Bf16 or Auto (bf16 where the device computes
 // it natively: CUDA from compute capability 8.0, CPUs with AVX512-BF16 or AMX).
-torch::ScalarType resolve_precision(const std::string& precision, const torch::Device& device);
+torch::ScalarType resolve_precision(Precision precision, const torch::Device& device);
 
 }  // namespace minipretrain

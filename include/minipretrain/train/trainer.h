@@ -1,28 +1,29 @@
-// The training loop: for each step, the global batch of that step (DESIGN.md
+// One training step and its set-up: the global batch of that step (DESIGN.md
 // invariant 3), this DP rank's rows split into microbatches, the pipeline
 // schedule over them, DP gradient averaging, clipping over TP and PP, AdamW
-// with the scheduled LR, then logging and checkpoints. With bf16 the model
-// computes in bf16 over fp32 master weights and gradients (MainParams).
+// with the scheduled LR. With bf16 the model computes in bf16 over fp32
+// master weights and gradients (MainParams). The loop around it, logging and
+// checkpoints live in commands/train.cpp.
 #pragma once
 
-#include <chrono>
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <torch/torch.h>
 
-#include "minipretrain/checkpoint/checkpoint.h"
 #include "minipretrain/config/config.h"
 #include "minipretrain/data/dataset.h"
 #include "minipretrain/distributed/parallel_state.h"
 #include "minipretrain/model/stage.h"
 #include "minipretrain/parallel/grad_sync.h"
 #include "minipretrain/parallel/pipeline_executor.h"
+#include "minipretrain/parallel/shard.h"
 #include "minipretrain/train/adamw.h"
 #include "minipretrain/train/lr_schedule.h"
 #include "minipretrain/train/main_params.h"
-#include "minipretrain/train/metrics.h"
-#include "minipretrain/train/tensorboard.h"
 
 namespace minipretrain {
 
@@ -33,44 +34,59 @@ struct DivergedError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// What every rank agrees on at the end of a step, in one small all-reduce.
+struct Boundary {
+  double loss = 0;           // of the global batch
+  bool non_finite = false;   // on some rank: the update was skipped
+  int64_t stop_signals = 0;  // ranks that got SIGTERM, SIGINT or SIGUSR1
+  bool out_of_time = false;  // --exit-duration-mins passed on some rank
+};
+
+struct StepStats {
+  Boundary boundary;
+  double grad_norm = 0, lr = 0, seconds = 0, bubble = 0;
+  double forward_seconds = 0, backward_seconds = 0, dp_seconds = 0, optimizer_seconds = 0;
+};
+
 class Trainer {
  public:
   Trainer(Config config, ParallelState& parallel, torch::Device device);
-  // Trains to max_steps (true), or until a stop (--exit-interval, a signal,
-  // --exit-duration-mins) after a checkpoint (false).
-  bool run();
-  const TokenDataset* dataset() const { return data_.train.get(); }
-  const char* precision_name() const;
 
- private:
-  // What every rank agrees on at the end of a step (agree_at_boundary).
-  struct Boundary {
-    double loss;           // of the global batch
-    bool non_finite;       // on some rank: the update was skipped
-    int64_t stop_signals;  // ranks that got SIGTERM, SIGINT or SIGUSR1
-    bool out_of_time;      // --exit-duration-mins passed on some rank
-  };
-  struct StepStats {
-    Boundary boundary;
-    double grad_norm, lr, seconds, bubble;
-    double forward_seconds, backward_seconds, dp_seconds, optimizer_seconds;
-  };
-  StepStats train_step(int64_t step);
-  Boundary agree_at_boundary(double last_stage_loss, double grad_norm);
-  void report_non_finite(int64_t step, double last_stage_loss);
-  std::string why_stop(int64_t step, const Boundary& boundary) const;
-  void save(int64_t step);
-  // This DP rank's rows of the global batch `indices` of `data`, as microbatches.
-  std::vector<Microbatch> microbatches(const TokenDataset& data, const std::vector<int64_t>& indices) const;
-  double evaluate(int64_t step);
-  double global_loss(double last_stage_loss);
-  void resume();
-  void log_step(int64_t step, const StepStats& stats, double interval_seconds, int64_t interval_steps);
-  void dump_first_step() const;
+  // One optimizer step; `out_of_time` is this rank's view of
+  // --exit-duration-mins, agreed on in the boundary. A non-finite step is
+  // skipped on every rank; too many in a row throw DivergedError.
+  StepStats step(int64_t step, bool out_of_time);
+  // The mean loss of --eval-iters fixed global batches of the validation set.
+  double evaluate();
+
   // Every tensor a checkpoint holds for this rank, by name: views of the fp32
   // weights and of the AdamW moments, and the step count.
-  NamedState checkpoint_state();
-  nlohmann::json comm_stats() const;
+  NamedState state();
+  // After `state()` was loaded into: the optimizer's step count and the model's weights follow.
+  void loaded();
+  // How many ranks hold weights that are not finite (collective over the world).
+  int64_t ranks_with_non_finite_weights();
+
+  // Called after the gradients of `step` are final, before the update.
+  std::function<void(int64_t step)> on_gradients;
+  // This rank's fp32 gradients by tensor name, and microbatch 0's logits of
+  // step 1 (last stage, when --dump-first-step is set) with their place in
+  // the full logits.
+  NamedState gradients();
+  StateTensor first_logits() const;
+
+  const TokenDataset* dataset() const { return data_.train.get(); }
+  bool has_validation() const { return data_.valid != nullptr; }
+  const char* precision_name() const;
+  double bubble_theory() const { return bubble_theory_; }  // F, B and W of equal cost (simulate_schedule)
+  int64_t skipped_total() const { return skipped_total_; }
+
+ private:
+  Boundary agree_at_boundary(double last_stage_loss, double grad_norm, bool out_of_time);
+  void report_non_finite(int64_t step, double last_stage_loss);
+  // This DP rank's rows of the global batch `indices` of `data`, as microbatches.
+  std::vector<Microbatch> microbatches(const TokenDataset& data, const std::vector<int64_t>& indices) const;
+  double global_loss(double last_stage_loss);
 
   Config config_;
   ParallelState& parallel_;
@@ -78,8 +94,8 @@ class Trainer {
   Stage stage_{nullptr};
   std::unique_ptr<MainParams> main_;
   std::unique_ptr<AdamW> optimizer_;
-  std::vector<torch::Tensor> grads_;   // main_'s fp32 gradients, in its order
-  std::vector<bool> counted_in_norm_;  // false: a replicated tensor on a TP rank other than 0
+  std::vector<torch::Tensor> grads_;        // main_'s fp32 gradients, in its order
+  std::vector<bool> counted_in_norm_;       // false: a replicated tensor on a TP rank other than 0
   std::map<std::string, size_t> entry_of_;  // parameter name -> index in main_
   LRSchedule schedule_;
   Datasets data_;
@@ -87,17 +103,11 @@ class Trainer {
   std::unique_ptr<GradientBuckets> buckets_;
   std::unique_ptr<PipelineExecutor> executor_;
   std::vector<Action> actions_;
-  // The schedule's bubble with F, B and W of equal cost (simulate_schedule).
   double bubble_theory_ = 0.0;
-  std::unique_ptr<MetricsLog> metrics_;
-  std::unique_ptr<TensorBoardWriter> tensorboard_;  // logging rank, with --tensorboard-dir
-  int64_t start_step_ = 1;
-  double elapsed_ = 0.0;
-  std::chrono::steady_clock::time_point run_start_;  // for --exit-duration-mins
   int64_t skipped_in_a_row_ = 0;
   int64_t skipped_total_ = 0;
   torch::Tensor step_count_ = torch::zeros({}, torch::kLong);  // AdamW's steps, as checkpoints hold it
-  torch::Tensor first_logits_;  // microbatch 0 of step 1, for --dump-first-step
+  torch::Tensor first_logits_;
 };
 
 }  // namespace minipretrain

@@ -1,4 +1,4 @@
-#include "minipretrain/config/cli.h"
+#include "minipretrain/commands/cli.h"
 
 #include <iostream>
 #include <map>

@@ -1,12 +1,6 @@
-// The optimizer, its learning-rate schedule and gradient clipping.
-#include <algorithm>
-#include <cmath>
-
-#include <torch/version.h>
-
 #include "minipretrain/train/adamw.h"
-#include "minipretrain/train/grad_clip.h"
-#include "minipretrain/train/lr_schedule.h"
+
+#include <cmath>
 
 namespace minipretrain {
 
@@ -84,52 +78,6 @@ void AdamW::step_on_device(double lr, const std::vector<torch::Tensor>& grads, d
                       options_.beta2, group == 0 ? options_.weight_decay : 0.0, options_.eps, /*amsgrad=*/false,
                       /*maximize=*/false, unscale, c10::nullopt);
   }
-}
-
-LRSchedule::LRSchedule(double peak, double min_lr, double warmup_ratio, int64_t max_steps)
-    : peak_(peak), min_lr_(min_lr), warmup_(std::llround(warmup_ratio * max_steps)), max_steps_(max_steps) {}
-
-double LRSchedule::at(int64_t step) const {
-  if (step <= warmup_) return peak_ * static_cast<double>(step) / static_cast<double>(warmup_);
-  const double progress = static_cast<double>(step - warmup_) / static_cast<double>(max_steps_ - warmup_);
-  return min_lr_ + 0.5 * (peak_ - min_lr_) * (1.0 + std::cos(M_PI * std::min(progress, 1.0)));
-}
-
-double global_grad_norm(const std::vector<torch::Tensor>& grads, const std::vector<bool>& counted, Communicator& tp,
-                        Communicator& pp) {
-  torch::NoGradGuard no_grad;
-  double total = 0.0;
-  std::vector<torch::Tensor> on_device;
-  for (size_t i = 0; i < grads.size(); ++i) {
-    if (!counted[i]) continue;
-    const torch::Tensor& grad = grads[i];
-    if (!grad.device().is_cpu()) {  // normed together on the device below
-      on_device.push_back(grad);
-      continue;
-    }
-    const float* g = floats(grad, "a gradient");
-    // One partial sum per fixed chunk, added in chunk order: the same result for any thread count.
-    const int64_t n = grad.numel(), chunks = (n + kGrain - 1) / kGrain;
-    std::vector<double> partial(chunks, 0.0);
-    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        double sum = 0.0;
-        for (int64_t j = c * kGrain; j < std::min(n, (c + 1) * kGrain); ++j) sum += static_cast<double>(g[j]) * g[j];
-        partial[c] = sum;
-      }
-    });
-    for (double p : partial) total += p;
-  }
-  torch::Tensor sum_sq = torch::tensor({total}, torch::kDouble);
-  if (!grads.empty()) sum_sq = sum_sq.to(grads.front().device());
-  if (!on_device.empty()) sum_sq.add_(torch::stack(at::_foreach_norm(on_device)).to(torch::kDouble).pow(2).sum());
-  tp.all_reduce(sum_sq, ReduceOp::Sum);
-  pp.all_reduce(sum_sq, ReduceOp::Sum);
-  return std::sqrt(sum_sq.item<double>());
-}
-
-double clip_factor(double norm, double max_norm) {
-  return max_norm > 0 && norm > max_norm ? max_norm / (norm + 1e-6) : 1.0;
 }
 
 }  // namespace minipretrain

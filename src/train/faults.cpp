@@ -1,4 +1,4 @@
-#include "minipretrain/config/faults.h"
+#include "minipretrain/train/faults.h"
 
 #include <csignal>
 #include <cstdio>

@@ -1,5 +1,5 @@
 // Fault injection, for the tests that prove a run survives what kills real
-// ones (README, "For developers"). The environment variable
+// ones (docs/survival.md, "For developers"). The environment variable
 //
 //   MINIPRETRAIN_FAULT="nan@3:1,die@5:0,hang@4:2,die-in-save@6:1"
 //

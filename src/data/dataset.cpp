@@ -1,10 +1,11 @@
+#include "minipretrain/data/dataset.h"
+
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <random>
 
 #include "minipretrain/config/json_input.h"
-#include "minipretrain/data/dataset.h"
 #include "minipretrain/data/indexed_dataset.h"
 
 namespace minipretrain {
