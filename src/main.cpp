@@ -23,6 +23,7 @@
 #include "minipretrain/distributed/launch_env.h"
 #include "minipretrain/distributed/parallel_state.h"
 #include "minipretrain/model/stage.h"
+#include "minipretrain/plan/estimate.h"
 #include "minipretrain/train/main_params.h"
 #include "minipretrain/train/trainer.h"
 

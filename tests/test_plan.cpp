@@ -8,9 +8,9 @@
 #include <cmath>
 #include <cstdio>
 
-#include "minipretrain/commands/plan.h"
 #include "minipretrain/config/cli.h"
 #include "minipretrain/parallel/schedule.h"
+#include "minipretrain/plan/estimate.h"
 #include "test_support.h"
 
 using namespace minipretrain;
