@@ -43,8 +43,6 @@ NPROC_PER_NODE=${NPROC_PER_NODE:-1}
 NNODES=${NNODES:-1}
 HOSTFILE=${HOSTFILE:-}
 MASTER_PORT=${MASTER_PORT:-29500}
-# TP_SIZE, PP_SIZE, MICRO_BATCH_SIZE and MAX_STEPS become flags only when set,
-# so a --config file's values stand otherwise.
 MINIPRETRAIN_BIN=${MINIPRETRAIN_BIN:-$(dirname "$0")/../build/minipretrain}
 MPIRUN_ARGS=${MPIRUN_ARGS:-}
 KILL_GRACE_SECONDS=${KILL_GRACE_SECONDS:-30}
@@ -89,14 +87,8 @@ fi
 export MASTER_ADDR MASTER_PORT
 
 # ---- the binary's command line ---------------------------------------------
-# The user's arguments come last: minipretrain takes the last occurrence of a
-# repeated flag, so they override the flags built from the settings.
-bin_args=()
-[[ -n ${TP_SIZE:-} ]] && bin_args+=(--tensor-parallel-size "$TP_SIZE")
-[[ -n ${PP_SIZE:-} ]] && bin_args+=(--pipeline-parallel-size "$PP_SIZE")
-[[ -n ${MICRO_BATCH_SIZE:-} ]] && bin_args+=(--micro-batch-size "$MICRO_BATCH_SIZE")
-[[ -n ${MAX_STEPS:-} ]] && bin_args+=(--max-steps "$MAX_STEPS")
-bin_args+=("$@")
+source "$(dirname "$0")/launcher_flags.sh"
+launcher_flags "$@"
 
 # ---- the mpirun command line -----------------------------------------------
 # --bind-to none: Open MPI would otherwise pin each rank to one core (for

@@ -52,8 +52,6 @@ NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-29500}
-# TP_SIZE, PP_SIZE, MICRO_BATCH_SIZE and MAX_STEPS become flags only when set,
-# so a --config file's values stand otherwise.
 MINIPRETRAIN_BIN=${MINIPRETRAIN_BIN:-$(dirname "$0")/../build/minipretrain}
 LAUNCHER=${LAUNCHER:-builtin}
 KILL_GRACE_SECONDS=${KILL_GRACE_SECONDS:-5}
@@ -87,14 +85,8 @@ fi
   die "MINIPRETRAIN_BIN '$MINIPRETRAIN_BIN' is not an executable file (build it, or set MINIPRETRAIN_BIN)"
 
 # ---- the binary's command line ---------------------------------------------
-# The user's arguments come last: minipretrain takes the last occurrence of a
-# repeated flag, so they override the flags built from the settings.
-bin_args=()
-[[ -n ${TP_SIZE:-} ]] && bin_args+=(--tensor-parallel-size "$TP_SIZE")
-[[ -n ${PP_SIZE:-} ]] && bin_args+=(--pipeline-parallel-size "$PP_SIZE")
-[[ -n ${MICRO_BATCH_SIZE:-} ]] && bin_args+=(--micro-batch-size "$MICRO_BATCH_SIZE")
-[[ -n ${MAX_STEPS:-} ]] && bin_args+=(--max-steps "$MAX_STEPS")
-bin_args+=("$@")
+source "$(dirname "$0")/launcher_flags.sh"
+launcher_flags "$@"
 
 WORLD_SIZE=$((NNODES * NPROC_PER_NODE))
 export MASTER_ADDR MASTER_PORT

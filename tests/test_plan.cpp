@@ -8,9 +8,10 @@
 #include <cmath>
 #include <cstdio>
 
-#include "minipretrain/commands/plan.h"
 #include "minipretrain/commands/cli.h"
+#include "minipretrain/commands/plan.h"
 #include "minipretrain/parallel/schedule.h"
+#include "minipretrain/plan/estimate.h"
 #include "test_support.h"
 
 using namespace minipretrain;

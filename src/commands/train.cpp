@@ -18,7 +18,7 @@
 #include "minipretrain/distributed/launch_env.h"
 #include "minipretrain/distributed/parallel_state.h"
 #include "minipretrain/model/stage.h"
-#include "minipretrain/commands/plan.h"  // TODO-merge: plan/estimate.h
+#include "minipretrain/plan/estimate.h"
 #include "minipretrain/train/faults.h"
 #include "minipretrain/train/log_sinks.h"
 #include "minipretrain/train/main_params.h"
