@@ -22,11 +22,11 @@ with_torch=(-L"$torch/lib" -Wl,-rpath,"$torch/lib" -ltorch_cpu -lc10)
 
 # name: the sources it needs beyond fuzz/NAME.cpp, and its libraries.
 declare -A sources=(
-  [config_json]="src/config/json_input.cpp src/config/config.cpp src/config/fields.cpp"
+  [config_json]="src/config/json_input.cpp src/config/config.cpp src/config/fields.cpp src/config/choices.cpp"
   [store_server]="src/distributed/store_server.cpp src/distributed/store_protocol.cpp src/distributed/sockets.cpp"
   [shard_index]="src/config/json_input.cpp src/parallel/shard.cpp"
   [safetensors]="src/config/json_input.cpp src/checkpoint/safetensors.cpp"
-  [megatron_idx]="src/data/indexed_dataset.cpp src/data/indexed_writer.cpp"
+  [megatron_idx]="src/data/indexed_dataset.cpp src/data/indexed_writer.cpp src/data/mapped_file.cpp"
 )
 declare -A libraries=(
   [config_json]=""
