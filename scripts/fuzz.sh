@@ -27,6 +27,7 @@ declare -A sources=(
   [shard_index]="src/config/json_input.cpp src/parallel/shard.cpp"
   [safetensors]="src/config/json_input.cpp src/checkpoint/safetensors.cpp"
   [megatron_idx]="src/data/indexed_dataset.cpp src/data/indexed_writer.cpp src/data/mapped_file.cpp"
+  [hf_config]="src/config/hf_config.cpp src/config/json_input.cpp src/config/config.cpp src/config/fields.cpp src/config/choices.cpp"
 )
 declare -A libraries=(
   [config_json]=""
@@ -34,9 +35,10 @@ declare -A libraries=(
   [shard_index]="${with_torch[*]}"
   [safetensors]="${with_torch[*]} -lxxhash"
   [megatron_idx]="${with_torch[*]}"
+  [hf_config]=""
 )
 
-names=${HARNESSES:-"config_json store_server shard_index safetensors megatron_idx"}
+names=${HARNESSES:-"config_json hf_config store_server shard_index safetensors megatron_idx"}
 for name in $names; do
   echo "fuzz: building $name"
   # shellcheck disable=SC2086

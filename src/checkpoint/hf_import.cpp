@@ -6,6 +6,7 @@
 
 #include "minipretrain/checkpoint/hf_export.h"
 #include "minipretrain/checkpoint/tensor_source.h"
+#include "minipretrain/config/hf_config.h"
 #include "minipretrain/config/json_input.h"
 #include "minipretrain/distributed/communicator.h"
 #include "minipretrain/model/stage.h"
@@ -26,47 +27,9 @@ nlohmann::json model_json(const ModelConfig& model) {
 }  // namespace
 
 ModelConfig read_hf_config(const std::string& hf_dir) {
-  const fs::path path = fs::path(hf_dir) / "config.json";
-  const nlohmann::json c = read_json_file(path.string());
-  const std::string file = path.string();
-  auto refuse = [&](const std::string& why) { throw CheckpointError(file + ": " + why); };
+  const std::string file = (fs::path(hf_dir) / "config.json").string();
   try {
-    if (c.value("model_type", std::string("llama")) != "llama")
-      refuse("model_type is '" + c.at("model_type").get<std::string>() + "'; only llama (LlamaForCausalLM) is supported");
-    if (c.contains("rope_scaling") && !c.at("rope_scaling").is_null())
-      refuse("rope_scaling " + c.at("rope_scaling").dump() + " is not supported (plain RoPE only)");
-    // transformers 5 writes RoPE's settings here, with no top-level rope_theta.
-    const nlohmann::json rope = c.value("rope_parameters", nlohmann::json::object());
-    if (!rope.is_object()) refuse("rope_parameters " + rope.dump() + " is not an object");
-    if (rope.value("rope_type", std::string("default")) != "default")
-      refuse("rope_parameters " + rope.dump() + " is not supported (plain RoPE only: rope_type default)");
-    if (c.value("tie_word_embeddings", false)) refuse("tie_word_embeddings true is not supported (untied LM head only)");
-    for (const char* bias : {"attention_bias", "mlp_bias"})
-      if (c.value(bias, false)) refuse(std::string(bias) + " true is not supported (no biases)");
-    if (c.value("hidden_act", std::string("silu")) != "silu")
-      refuse("hidden_act '" + c.at("hidden_act").get<std::string>() + "' is not supported (SwiGLU with silu only)");
-    // Whole numbers in range before anything is sized by them; config
-    // validation then applies the model's own rules.
-    const auto size = [&](const char* key) { return json_integer(c, key, 1, int64_t{1} << 24, file); };
-    ModelConfig m;
-    m.vocab_size = size("vocab_size");
-    m.hidden_size = size("hidden_size");
-    m.intermediate_size = size("intermediate_size");
-    m.num_layers = size("num_hidden_layers");
-    m.num_attention_heads = size("num_attention_heads");
-    m.num_key_value_heads = c.contains("num_key_value_heads") && !c.at("num_key_value_heads").is_null()
-                                ? size("num_key_value_heads")
-                                : m.num_attention_heads;
-    if (c.contains("max_position_embeddings")) m.max_seq_length = size("max_position_embeddings");
-    m.rope_theta = rope.value("rope_theta", c.value("rope_theta", 10000.0));
-    m.rms_norm_eps = c.value("rms_norm_eps", 1e-6);  // LlamaConfig's default
-    m.init_std = c.value("initializer_range", m.init_std);
-    if (c.contains("head_dim") && !c.at("head_dim").is_null() && c.at("head_dim").get<int64_t>() != m.head_dim())
-      refuse("head_dim " + c.at("head_dim").dump() + " is not hidden_size / num_attention_heads = " +
-             std::to_string(m.head_dim()) + " (not supported)");
-    return m;
-  } catch (const nlohmann::json::exception& e) {
-    throw CheckpointError(file + ": " + e.what());
+    return model_config_from_hf(read_json_file(file), file);
   } catch (const JsonInputError& e) {
     throw CheckpointError(e.what());
   }
