@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include "test_support.h"
 
@@ -41,6 +42,31 @@ TEST(Launchers, BashLauncherEqualsHandStartedRanks) {
   ProcessResult r = launch("launch_pretrain.sh", out, {{"NPROC_PER_NODE", "2"}});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   expect_same_losses(reference(), out, kSteps, 0.0);
+}
+
+// Settings become flags only when set: a --config file's max_steps and micro
+// batch stand, TP_SIZE (set) still applies. Before, the launcher's defaults
+// (micro batch 4, 10000 steps) silently replaced the file's.
+TEST(Launchers, AConfigFilesValuesStandUnlessASettingIsSet) {
+  const std::string out = fresh_dir("launch_config");
+  const std::string config = out + "/job.json";
+  std::ofstream(config) << R"({"vocab_size": 96, "hidden_size": 64, "intermediate_size": 128, "num_layers": 2,
+    "num_attention_heads": 8, "max_seq_length": 16, "micro_batch_size": 2, "global_batch_size": 8,
+    "max_steps": 3, "log_interval": 1, "num_train_samples": 512, "num_threads": 1, "precision": "fp32"})";
+  std::vector<std::string> argv{"/bin/bash", script("launch_pretrain.sh"), "--config", config, "--output-dir", out};
+  const ProcessResult r = run(argv,
+                              {{"NPROC_PER_NODE", "2"},
+                               {"TP_SIZE", "2"},
+                               {"MINIPRETRAIN_BIN", binary()},
+                               {"MASTER_ADDR", "127.0.0.1"},
+                               {"MASTER_PORT", std::to_string(free_port())}},
+                              300);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("Tensor parallel: 2"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("Micro batch size: 2 | Microbatches: 4"), std::string::npos) << r.output;
+  const auto losses = read_metrics(out);
+  ASSERT_FALSE(losses.empty()) << r.output;
+  EXPECT_EQ(losses.rbegin()->first, 3) << r.output;
 }
 
 TEST(Launchers, BashLauncherStopsTheJobWhenARankFails) {
