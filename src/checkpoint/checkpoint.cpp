@@ -194,14 +194,14 @@ std::map<std::string, torch::Tensor> read_named_shard(const std::string& path_pr
 }
 
 std::string save_checkpoint(const std::string& output_dir, const TrainingProgress& progress, const NamedState& state,
-                            const Config& config, const ParallelState& parallel) {
+                            const Config& config, const ParallelState& parallel, Communicator& group) {
   const fs::path final_dir = fs::path(output_dir) / step_dir_name(progress.step);
   const fs::path tmp_dir = final_dir.string() + ".tmp";
   if (parallel.rank() == 0) {
     clean_output_dir(output_dir, 0, {});  // what saves killed earlier left
     fs::create_directories(tmp_dir);
   }
-  parallel.world().barrier();
+  group.barrier();
 
   if (parallel.coords().dp == 0) {
     std::map<std::string, torch::Tensor> tensors;
@@ -213,7 +213,7 @@ std::string save_checkpoint(const std::string& output_dir, const TrainingProgres
     write_named_shard((tmp_dir / shard_name(parallel.coords())).string(), tensors, specs);
   }
   FaultPlan::from_environment().strike(FaultKind::DieInSave, progress.step, parallel.rank());
-  parallel.world().barrier();
+  group.barrier();
 
   // Every shard is on disk. meta.json last, then the directory's entries,
   // then the rename and the entry it made in the output directory.
@@ -228,7 +228,7 @@ std::string save_checkpoint(const std::string& output_dir, const TrainingProgres
     sync_to_disk(output_dir);
     clean_output_dir(output_dir, config.log.save_keep, final_dir);
   }
-  parallel.world().barrier();
+  group.barrier();
   return final_dir.string();
 }
 

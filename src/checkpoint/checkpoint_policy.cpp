@@ -1,6 +1,7 @@
 #include "minipretrain/checkpoint/checkpoint_policy.h"
 
 #include <chrono>
+#include <utility>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -26,12 +27,48 @@ void CheckpointPolicy::save(int64_t step) {
   if (const int64_t bad = trainer_.ranks_with_non_finite_weights(); bad > 0)
     throw DivergedError(
         fmt::format("the weights after step {} are not finite on {} rank(s): not saving them", step, bad));
+  if (!config_.log.async_save) {
+    write(step, trainer_.state(), parallel_.world());
+    return;
+  }
+  wait();
   const auto start = std::chrono::steady_clock::now();
-  const std::string dir = save_checkpoint(config_.log.output_dir, {step, step * config_.global_batch(), ""},
-                                          trainer_.state(), config_, parallel_);
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, entry] : trainer_.state()) {
+    auto [slot, fresh] = snapshot_.try_emplace(name);
+    if (fresh) slot->second = {torch::empty_like(entry.tensor, entry.tensor.options().device(torch::kCPU)), entry.spec};
+    slot->second.tensor.copy_(entry.tensor);
+  }
+  if (parallel_.is_logging_rank())
+    spdlog::info("Checkpoint of step {}: state copied in {:.2f} s, written in the background", step,
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  writer_ = std::thread([this, step] {
+    try {
+      write(step, snapshot_, parallel_.saves());
+    } catch (...) {
+      failure_ = std::current_exception();
+    }
+  });
+}
+
+void CheckpointPolicy::write(int64_t step, const NamedState& state, Communicator& group) {
+  const auto start = std::chrono::steady_clock::now();
+  const std::string dir =
+      save_checkpoint(config_.log.output_dir, {step, step * config_.global_batch(), ""}, state, config_, parallel_, group);
   if (parallel_.is_logging_rank())
     spdlog::info("Saved checkpoint {} in {:.1f} s", dir,
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+}
+
+void CheckpointPolicy::wait() {
+  if (writer_.joinable()) writer_.join();
+  if (failure_) std::rethrow_exception(std::exchange(failure_, nullptr));
+}
+
+// On an error path: the writer uses this object and the run's config, so it
+// is joined; a peer that died fails its barriers within --dist-timeout.
+CheckpointPolicy::~CheckpointPolicy() {
+  if (writer_.joinable()) writer_.join();
 }
 
 int64_t CheckpointPolicy::resume() {

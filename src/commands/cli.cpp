@@ -111,8 +111,13 @@ std::optional<CommandLine> parse_command_line(int argc, const char* const* argv)
   std::vector<Field> fields = config_fields(defaults);
   std::map<std::string, std::string> given;
   std::map<std::string, std::vector<std::string>> given_lists;
+  std::map<std::string, bool> given_switches;
   for (const Field& f : fields) {
     const nlohmann::json value = f.get();
+    if (f.on_off) {
+      app.add_flag(f.flag(), given_switches[f.key], f.help);
+      continue;
+    }
     if (f.list) {
       app.add_option(f.flag(), given_lists[f.key], f.help)->expected(1, -1)->type_name(shown_type(f, value));
       continue;

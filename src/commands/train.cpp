@@ -263,6 +263,7 @@ bool train_loop(const Config& config, ParallelState& parallel, Trainer& trainer)
       const std::string stop_reason = why_stop(config, step, stats.boundary);
       if (checkpoints.due(step, !stop_reason.empty())) checkpoints.save(step);
       if (!stop_reason.empty() && step < max_steps) {
+        checkpoints.wait();
         if (parallel.is_logging_rank()) spdlog::info("Stopping after step {}: {}", step, stop_reason);
         return false;
       }
@@ -273,6 +274,7 @@ bool train_loop(const Config& config, ParallelState& parallel, Trainer& trainer)
                           ") is untouched");
     }
   }
+  checkpoints.wait();
   return true;
 }
 

@@ -37,6 +37,18 @@ Field field_for(std::string key, std::string help, int64_t& member) {
   return f;
 }
 
+Field field_for(std::string key, std::string help, bool& member) {
+  Field f{key, std::move(help), nullptr, nullptr, nullptr};
+  f.on_off = true;
+  f.get = [&member] { return json(member); };
+  f.set = [key, &member](const json& v) {
+    if (!v.is_boolean()) throw ConfigError(key + " must be true or false, got " + type_name(v) + " " + json_excerpt(v));
+    member = v.get<bool>();
+  };
+  f.parse = [&member](const std::string&) { member = true; };
+  return f;
+}
+
 Field field_for(std::string key, std::string help, std::optional<int64_t>& member) {
   Field f{key, std::move(help), nullptr, nullptr, nullptr};
   f.type_name = "INT";
@@ -240,6 +252,10 @@ std::vector<Field> config_fields(Config& c) {
                 c.log.save_keep),
       path(field_for("tensorboard_dir", "write TensorBoard event files (loss, LR, grad norm, throughput, ...) here",
                      c.log.tensorboard_dir)),
+      field_for("async_save",
+                "write checkpoints in the background from a snapshot of the state while training goes on (at most "
+                "one in flight)",
+                c.log.async_save),
   };
 }
 

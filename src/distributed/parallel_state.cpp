@@ -82,6 +82,8 @@ ParallelState::ParallelState(const LaunchEnv& env, const Config& config, const t
                    static_cast<int>(l.dp), device, true, timeout, bound);
   pp_ = make_group("pp.dp" + std::to_string(c.dp) + ".tp" + std::to_string(c.tp), store, static_cast<int>(c.pp),
                    static_cast<int>(l.pp), device, true, timeout, bound);
+  if (config.log.async_save)
+    saves_ = make_group("saves", store, global_rank, static_cast<int>(l.world()), torch::kCPU, false, timeout, bound);
 }
 
 std::string ParallelState::describe() const {

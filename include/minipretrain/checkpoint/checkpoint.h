@@ -40,9 +40,10 @@ struct TrainingProgress {
   std::string layout;  // that wrote the checkpoint, e.g. "TP 2 x PP 2 x DP 1"; set by load_checkpoint
 };
 
-// Collective over the world group. Returns the checkpoint's directory.
+// Collective over `group`, which spans the world (ParallelState::world or
+// saves). Returns the checkpoint's directory.
 std::string save_checkpoint(const std::string& output_dir, const TrainingProgress& progress, const NamedState& state,
-                            const Config& config, const ParallelState& parallel);
+                            const Config& config, const ParallelState& parallel, Communicator& group);
 
 // The newest complete checkpoint under `output_dir`, or "" when none.
 std::string find_latest_checkpoint(const std::string& output_dir);

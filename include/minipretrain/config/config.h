@@ -98,6 +98,7 @@ struct LogConfig {
   double exit_duration_mins = 0;  // >0: save and exit once the run has taken this long
   int64_t save_keep = 0;          // >0: keep only the newest N checkpoints
   std::string tensorboard_dir;    // non-empty: rank 0 writes TensorBoard event files here
+  bool async_save = false;        // write checkpoints on a thread from a snapshot while training goes on
 };
 
 struct Config {

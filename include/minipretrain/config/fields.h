@@ -19,6 +19,7 @@ struct Field {
   std::function<void(const nlohmann::json&)> set;  // throws ConfigError on a wrong type
   std::function<void(const std::string&)> parse;   // from command-line text
   bool list = false;  // a list of strings: several words after the flag, set() with an array
+  bool on_off = false;  // a bare flag on the command line, true or false in JSON
   std::string type_name;  // the value as --help shows it: INT, FLOAT, TEXT, PATH or {choice,...}
 
   std::string flag() const;

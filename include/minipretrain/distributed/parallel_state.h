@@ -51,6 +51,9 @@ class ParallelState {
   Communicator& tp() const { return *tp_; }
   Communicator& dp() const { return *dp_; }
   Communicator& pp() const { return *pp_; }
+  // The world again, for a checkpoint written on a background thread
+  // (--async-save) while training uses `world`; `world` itself otherwise.
+  Communicator& saves() const { return saves_ ? *saves_ : *world_; }
   std::shared_ptr<Communicator> tp_ptr() const { return tp_; }
 
   // "Rank r | DP: d/D | TP: t/T | PP: p/P"
@@ -60,7 +63,7 @@ class ParallelState {
   int64_t rank_ = 0;
   Layout layout_;
   Coordinates coords_;
-  std::shared_ptr<Communicator> world_, tp_, dp_, pp_;
+  std::shared_ptr<Communicator> world_, tp_, dp_, pp_, saves_;
 };
 
 }  // namespace minipretrain
