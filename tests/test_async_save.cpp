@@ -44,7 +44,7 @@ TEST(AsyncSave, WritesWhatSyncSavesWriteAndResumesExactly) {
   expect_all_succeeded(run_ranks(4, args_of(sync, false)));
   const std::vector<ProcessResult> ranks = run_ranks(4, args_of(async, true));
   expect_all_succeeded(ranks);
-  EXPECT_NE(ranks[0].output.find("written in the background"), std::string::npos) << ranks[0].output;
+  EXPECT_NE(ranks[0].output.find("beside the next step"), std::string::npos) << ranks[0].output;
   expect_same_losses(sync, async, kSteps, 0.0);
   for (int step : {2, 4, 6}) {
     const std::string name = fmt::format("/checkpoint-{:08d}", step);

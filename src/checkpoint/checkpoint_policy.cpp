@@ -32,21 +32,29 @@ void CheckpointPolicy::save(int64_t step) {
     return;
   }
   wait();
-  const auto start = std::chrono::steady_clock::now();
-  torch::NoGradGuard no_grad;
-  for (const auto& [name, entry] : trainer_.state()) {
-    auto [slot, fresh] = snapshot_.try_emplace(name);
-    if (fresh) slot->second = {torch::empty_like(entry.tensor, entry.tensor.options().device(torch::kCPU)), entry.spec};
-    slot->second.tensor.copy_(entry.tensor);
-  }
-  if (parallel_.is_logging_rank())
-    spdlog::info("Checkpoint of step {}: state copied in {:.2f} s, written in the background", step,
-                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  writer_ = std::thread([this, step] {
+  std::promise<void> copied;
+  trainer_.before_update = [done = copied.get_future().share()] { done.wait(); };
+  writer_ = std::thread([this, step, state = trainer_.state(), copied = std::move(copied)]() mutable {
     try {
+      const auto start = std::chrono::steady_clock::now();
+      torch::NoGradGuard no_grad;
+      for (const auto& [name, entry] : state) {
+        auto [slot, fresh] = snapshot_.try_emplace(name);
+        if (fresh) slot->second = {torch::empty_like(entry.tensor, entry.tensor.options().device(torch::kCPU)), entry.spec};
+        slot->second.tensor.copy_(entry.tensor);
+      }
+      copied.set_value();
+      if (parallel_.is_logging_rank())
+        spdlog::info("Checkpoint of step {}: state copied in {:.2f} s beside the next step, writing it", step,
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
       write(step, snapshot_, parallel_.saves());
     } catch (...) {
       failure_ = std::current_exception();
+      // Unless the copy was done: the step goes on, wait() reports the failure.
+      try {
+        copied.set_value();
+      } catch (const std::future_error&) {
+      }
     }
   });
 }

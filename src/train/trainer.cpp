@@ -115,6 +115,7 @@ StepStats Trainer::step(int64_t step, bool out_of_time) {
     report_non_finite(step, result.loss);
   } else {
     skipped_in_a_row_ = 0;
+    if (before_update) before_update();
     optimizer_->step(lr, grads_, clip_factor(grad_norm, config_.train.grad_clip));
     main_->copy_to_model();
   }

@@ -1,11 +1,13 @@
 // When a run saves and where it starts: --save-interval, the last step and
 // stops; --resume (a directory, or auto: the newest every rank agrees on) and
-// --init-from. With --async-save a save copies the state into a snapshot and
-// a thread writes it, as a normal save would, while training goes on. The
-// trainer only lends its state.
+// --init-from. With --async-save a thread copies the state into a snapshot,
+// while the next step's forward and backward run (its update waits for the
+// copy), then writes it as a normal save would. The trainer only lends its
+// state.
 #pragma once
 
 #include <exception>
+#include <future>
 #include <string>
 #include <thread>
 
@@ -26,8 +28,7 @@ class CheckpointPolicy {
   // Whether `step` ends with a save: every --save-interval, the last step, a stop.
   bool due(int64_t step, bool stopping) const;
   // Collective. Refuses (DivergedError) weights that are not finite. With
-  // --async-save it waits for the save before, then returns once the
-  // snapshot is taken.
+  // --async-save it waits for the save before, starts this one and returns.
   void save(int64_t step);
   // Until the save in flight (if any) is on disk; throws what it failed with.
   void wait();

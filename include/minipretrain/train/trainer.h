@@ -69,6 +69,9 @@ class Trainer {
 
   // Called after the gradients of `step` are final, before the update.
   std::function<void(int64_t step)> on_gradients;
+  // Called right before the optimizer changes the state (a background save
+  // waits there for its copy of the state).
+  std::function<void()> before_update;
   // This rank's fp32 gradients by tensor name, and microbatch 0's logits of
   // step 1 (last stage, when --dump-first-step is set) with their place in
   // the full logits.
