@@ -37,6 +37,19 @@ void expect_same_checkpoint(const std::string& a, const std::string& b) {
   }
 }
 
+// --resume auto in the background again: from checkpoint `from`, the
+// uninterrupted run `sync`'s remaining steps and final weights.
+void expect_resume_equals(const std::string& sync, const std::string& out, int from) {
+  std::vector<std::string> resume = args_of(out, true);
+  for (const char* a : {"--resume", "auto"}) resume.push_back(a);
+  const std::vector<ProcessResult> resumed = run_ranks(4, resume);
+  expect_all_succeeded(resumed);
+  EXPECT_NE(resumed[0].output.find(fmt::format("checkpoint-{:08d} at step {}", from, from)), std::string::npos)
+      << resumed[0].output;
+  expect_same_losses(sync, out, kSteps, 0.0);
+  expect_same_weights(sync, out, 0.0);
+}
+
 }  // namespace
 
 TEST(AsyncSave, WritesWhatSyncSavesWriteAndResumesExactly) {
@@ -52,15 +65,8 @@ TEST(AsyncSave, WritesWhatSyncSavesWriteAndResumesExactly) {
     expect_same_checkpoint(sync + name, async + name);
   }
 
-  // From step 4, in the background again: the uninterrupted run's steps 5 and 6.
   fs::remove_all(async + "/checkpoint-00000006");
-  std::vector<std::string> resume = args_of(async, true);
-  for (const char* a : {"--resume", "auto"}) resume.push_back(a);
-  const std::vector<ProcessResult> resumed = run_ranks(4, resume);
-  expect_all_succeeded(resumed);
-  EXPECT_NE(resumed[0].output.find("checkpoint-00000004 at step 4"), std::string::npos) << resumed[0].output;
-  expect_same_losses(sync, async, kSteps, 0.0);
-  expect_same_weights(sync, async, 0.0);
+  expect_resume_equals(sync, async, 4);
 }
 
 // Rank 1 is killed (SIGKILL) in the background save of step 4, after its
@@ -76,14 +82,7 @@ TEST(AsyncSave, AKillDuringABackgroundSaveLeavesThePreviousCheckpoint) {
   for (int r : {0, 2, 3}) EXPECT_NE(killed[r].exit_code, 0) << killed[r].output;
   EXPECT_FALSE(fs::exists(out + "/checkpoint-00000004/meta.json"));
   EXPECT_EQ(find_latest_checkpoint(out), out + "/checkpoint-00000002");
-
-  std::vector<std::string> resume = args_of(out, true);
-  for (const char* a : {"--resume", "auto"}) resume.push_back(a);
-  const std::vector<ProcessResult> resumed = run_ranks(4, resume);
-  expect_all_succeeded(resumed);
-  EXPECT_NE(resumed[0].output.find("checkpoint-00000002 at step 2"), std::string::npos) << resumed[0].output;
-  expect_same_losses(sync, out, kSteps, 0.0);
-  expect_same_weights(sync, out, 0.0);
+  expect_resume_equals(sync, out, 2);
 }
 
 // The output directory fills up during the background save of step 4: one
