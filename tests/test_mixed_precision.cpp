@@ -147,7 +147,7 @@ TEST(FusedProjections, PreFusionCheckpointsResumeAndExportUnchanged) {
     }
 
     const std::string exported = fresh_dir("pre_fusion_export_tp" + std::to_string(tp));
-    ProcessResult r = run({binary(), "export", "--checkpoint", old_run, "--output", exported});
+    ProcessResult r = run_binary({"export", "--checkpoint", old_run, "--output", exported});
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_TRUE(read_bytes(exported + "/model.safetensors") == read_bytes(old_run + "/old_export.safetensors"));
   }

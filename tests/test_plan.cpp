@@ -10,7 +10,6 @@
 
 #include "minipretrain/commands/plan.h"
 #include "minipretrain/config/cli.h"
-#include "minipretrain/parallel/schedule.h"
 #include "test_support.h"
 
 using namespace minipretrain;
@@ -51,30 +50,6 @@ struct MeasuredRun {
 };
 
 }  // namespace
-
-TEST(Plan, BubbleTheoryIsTheSchedulesFormula) {
-  for (const std::string& schedule : {"gpipe", "1f1b"})
-    for (int64_t pp : {1, 2, 3, 4, 8})
-      for (int64_t m : {1, 2, 3, 8, 16}) {
-        const double formula = static_cast<double>(pp - 1) / static_cast<double>(m + pp - 1);
-        EXPECT_NEAR(simulate_schedule(schedule, pp, m).bubble, formula, 1e-12) << schedule << " PP " << pp << " M " << m;
-      }
-}
-
-// Unequal stages: the slowest stage sets the pace, and transfers add up on
-// the critical path (2 stages, 1 microbatch: F0, send, F1, B1, send, B0).
-TEST(Plan, SimulatedScheduleFollowsTheCriticalPath) {
-  const StageCosts costs{{1.0, 3.0}, {2.0, 6.0}, 0.5};
-  const PipelineSimulation one = simulate_schedule("1f1b", 2, 1, 1, &costs);
-  EXPECT_DOUBLE_EQ(one.makespan, 1.0 + 0.5 + 3.0 + 6.0 + 0.5 + 2.0);
-  EXPECT_DOUBLE_EQ(one.busy[0], 3.0);
-  EXPECT_DOUBLE_EQ(one.busy[1], 9.0);
-  // GPipe holds every microbatch, 1F1B at most PP - stage.
-  for (int64_t m : {2, 8}) {
-    EXPECT_EQ(peak_in_flight(make_schedule("gpipe", 4, 0, m)), m);
-    EXPECT_EQ(peak_in_flight(make_schedule("1f1b", 4, 0, m)), std::min<int64_t>(4, m));
-  }
-}
 
 // Seven CPU runs of different layouts, precisions, schedules and recompute:
 // rank 0's counters equal the prediction for its stage byte for byte, and its
@@ -129,8 +104,8 @@ TEST(Plan, PredictionsMatchMeasuredRuns) {
 }
 
 TEST(Plan, ListsValidLayoutsBestFirstAsJson) {
-  const ProcessResult r = run({binary(), "plan", "--config", std::string(MINIPRETRAIN_SOURCE_DIR) + "/configs/large.json",
-                               "--world-size", "16", "--json"});
+  const ProcessResult r = run_binary({"plan", "--config", std::string(MINIPRETRAIN_SOURCE_DIR) + "/configs/large.json",
+                                      "--world-size", "16", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const nlohmann::json layouts = nlohmann::json::parse(r.output);
   ASSERT_GT(layouts.size(), 10u);
@@ -161,11 +136,11 @@ TEST(Plan, ListsValidLayoutsBestFirstAsJson) {
 
 TEST(Plan, TableMarksWhatDoesNotFit) {
   const std::string config = std::string(MINIPRETRAIN_SOURCE_DIR) + "/configs/xl.json";
-  const ProcessResult r = run({binary(), "plan", "--config", config, "--world-size", "8", "--device-memory", "1GB"});
+  const ProcessResult r = run_binary({"plan", "--config", config, "--world-size", "8", "--device-memory", "1GB"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("does not fit"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("0 fit"), std::string::npos) << r.output;
-  const ProcessResult top3 = run({binary(), "plan", "--config", config, "--world-size", "8", "--top", "3"});
+  const ProcessResult top3 = run_binary({"plan", "--config", config, "--world-size", "8", "--top", "3"});
   ASSERT_EQ(top3.exit_code, 0) << top3.output;
   EXPECT_NE(top3.output.find("\n  3 "), std::string::npos) << top3.output;
   EXPECT_EQ(top3.output.find("\n  4 "), std::string::npos) << top3.output;
@@ -183,9 +158,7 @@ TEST(Plan, BadInputFailsInOneLine) {
   const std::vector<std::string> expected = {"no valid layout for world size 2", "--device-memory must be",
                                              "--inter-node-bw must be a rate", "--world-size must be positive"};
   for (size_t i = 0; i < cases.size(); ++i) {
-    std::vector<std::string> argv{binary()};
-    argv.insert(argv.end(), cases[i].begin(), cases[i].end());
-    const ProcessResult r = run(argv);
+    const ProcessResult r = run_binary(cases[i]);
     EXPECT_EQ(r.exit_code, 2) << r.output;
     EXPECT_NE(r.output.find(expected[i]), std::string::npos) << r.output;
     EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;

@@ -21,11 +21,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-ProcessResult run_binary(std::vector<std::string> args, const std::map<std::string, std::string>& env = {}) {
-  args.insert(args.begin(), binary());
-  return run(args, env, 120);
-}
-
 std::string config_path(const std::string& name) { return std::string(MINIPRETRAIN_SOURCE_DIR) + "/configs/" + name; }
 
 }  // namespace

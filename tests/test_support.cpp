@@ -94,6 +94,12 @@ ProcessResult run(const std::vector<std::string>& argv, const std::map<std::stri
   return Process(argv, env).wait(timeout_seconds);
 }
 
+ProcessResult run_binary(std::vector<std::string> args, const std::map<std::string, std::string>& env,
+                         double timeout_seconds) {
+  args.insert(args.begin(), binary());
+  return run(args, env, timeout_seconds);
+}
+
 std::vector<std::unique_ptr<Process>> start_ranks(int world, const std::vector<std::string>& args,
                                                   const std::map<std::string, std::string>& env) {
   const std::string port = std::to_string(free_port());
@@ -157,6 +163,11 @@ std::map<int64_t, nlohmann::json> read_metrics(const std::string& output_dir, co
     if (record.contains(key)) out[record.at("step").get<int64_t>()] = record;
   }
   return out;
+}
+
+std::vector<std::string> with(std::vector<std::string> args, const std::vector<std::string>& more) {
+  args.insert(args.end(), more.begin(), more.end());
+  return args;
 }
 
 std::vector<std::string> tiny_args(const std::string& output_dir, int max_steps) {

@@ -37,6 +37,9 @@ class Process {
 
 ProcessResult run(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env = {},
                   double timeout_seconds = 300);
+// The binary with `args`, as one process.
+ProcessResult run_binary(std::vector<std::string> args, const std::map<std::string, std::string>& env = {},
+                         double timeout_seconds = 300);
 
 // The binary with `args`, as `world` processes with torchrun's variables
 // (and `env`), started and left running. Their tp, dp and pp groups keep
@@ -56,6 +59,9 @@ int free_port();
 // step -> record, from OUTPUT/metrics.jsonl: the records that have `key`
 // ("loss" for training steps, "val_loss" for validation runs).
 std::map<int64_t, nlohmann::json> read_metrics(const std::string& output_dir, const std::string& key = "loss");
+
+// `args`, then `more` (later flags win).
+std::vector<std::string> with(std::vector<std::string> args, const std::vector<std::string>& more);
 
 // The small GQA model every run test uses, as command-line flags.
 std::vector<std::string> tiny_args(const std::string& output_dir, int max_steps);
