@@ -1,19 +1,25 @@
 #include "test_support.h"
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
 
+#include <gtest/gtest.h>
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
 
+#include "minipretrain/checkpoint/checkpoint.h"
 #include "minipretrain/distributed/gloo_communicator.h"
 #include "minipretrain/distributed/nccl_rules_communicator.h"
 
@@ -135,30 +141,83 @@ std::string venv_program(const std::string& name) {
   return (venv / "bin" / name).string();
 }
 
+namespace {
+
+// This process's directories; at exit they go, unless a case failed: then
+// they stay to be looked at, and the path is printed.
+class ProcessDirectory {
+ public:
+  ProcessDirectory()
+      : path_(fs::temp_directory_path() / ("minipretrain-tests-" + std::to_string(::getuid())) /
+              std::to_string(::getpid())) {}
+  ~ProcessDirectory() {
+    std::error_code ignored;
+    if (::testing::UnitTest::GetInstance()->Passed())
+      fs::remove_all(path_, ignored);
+    else
+      std::printf("[ KEPT     ] the failed run's files: %s\n", path_.c_str());
+  }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+bool can_bind(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int on = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));  // as the rendezvous server binds
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  const bool bound = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  ::close(fd);
+  return bound;
+}
+
+}  // namespace
+
 std::string fresh_dir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("minipretrain-tests-" + std::to_string(::getuid())) / name;
+  static const ProcessDirectory root;
+  const ::testing::TestInfo* test = ::testing::UnitTest::GetInstance()->current_test_info();
+  const std::string owner = test ? std::string(test->test_suite_name()) + "." + test->name() : "no_case";
+  const fs::path dir = root.path() / owner / name;
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir.string();
 }
 
+// The binary binds MASTER_PORT itself, later: a port that bind(port 0)
+// picked here and closed again could go to a sibling test meanwhile. So a
+// pair of ports in 20000-31999, below Linux's ephemeral ones (32768-60999,
+// where bind(port 0) and connect take theirs), is claimed by a lock on a file
+// under /tmp that this process holds until it ends, and must be free now.
 int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
+  constexpr int kFirst = 20000, kPairs = 6000;
+  static std::vector<int> held;  // the claims' lock files
+  const fs::path dir = fs::temp_directory_path() / "minipretrain-test-ports";
+  std::error_code ignored;
+  // Shared by every user's tests: anyone may add a lock file.
+  if (fs::create_directories(dir, ignored)) fs::permissions(dir, fs::perms::all | fs::perms::sticky_bit, ignored);
+  for (int i = 0; i < kPairs; ++i) {
+    const int port = kFirst + 2 * ((::getpid() + i) % kPairs);
+    const int fd = ::open((dir / (std::to_string(port) + ".lock")).c_str(), O_RDONLY | O_CREAT | O_CLOEXEC, 0666);
+    if (fd < 0) continue;
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0 && can_bind(port) && can_bind(port + 1)) {
+      held.push_back(fd);
+      return port;
+    }
+    ::close(fd);
+  }
+  throw std::runtime_error("free_port: every port pair of " + std::to_string(kFirst) + "-" +
+                           std::to_string(kFirst + 2 * kPairs - 1) + " is claimed or bound");
 }
 
 std::map<int64_t, nlohmann::json> read_metrics(const std::string& output_dir, const std::string& key) {
   std::map<int64_t, nlohmann::json> out;
   std::ifstream in(fs::path(output_dir) / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
+  for (std::string line; std::getline(in, line) && !in.eof();) {
     auto record = nlohmann::json::parse(line);
     if (record.contains(key)) out[record.at("step").get<int64_t>()] = record;
   }
@@ -206,14 +265,6 @@ double relative_error(const torch::Tensor& a, const torch::Tensor& b) {
   const torch::Tensor bd = b.to(torch::kDouble);
   return (a.to(torch::kDouble) - bd).norm().item<double>() / std::max(bd.norm().item<double>(), 1e-30);
 }
-
-}  // namespace minipretrain::test
-
-#include <gtest/gtest.h>
-
-#include "minipretrain/checkpoint/checkpoint.h"
-
-namespace minipretrain::test {
 
 void expect_all_succeeded(const std::vector<ProcessResult>& results) {
   for (size_t r = 0; r < results.size(); ++r)

@@ -53,11 +53,17 @@ std::string binary();
 // A program of the project's Python environment (scripts/install_deps.sh makes
 // it): in MINIPRETRAIN_VENV if set, else in the checkout's .venv.
 std::string venv_program(const std::string& name);
-std::string fresh_dir(const std::string& name);  // empty, under the build's temp
+// An empty directory `name` of this test case and process, so that cases
+// running side by side (ctest -j, another checkout's suite) never share one.
+// All of them go when the process ends with every case passed.
+std::string fresh_dir(const std::string& name);
+// A loopback port that no other test process is handed while this one runs,
+// with the port after it (the rendezvous takes that one under torchrun).
 int free_port();
 
 // step -> record, from OUTPUT/metrics.jsonl: the records that have `key`
-// ("loss" for training steps, "val_loss" for validation runs).
+// ("loss" for training steps, "val_loss" for validation runs). A last line
+// without its newline is still being written, and is left out.
 std::map<int64_t, nlohmann::json> read_metrics(const std::string& output_dir, const std::string& key = "loss");
 
 // `args`, then `more` (later flags win).
