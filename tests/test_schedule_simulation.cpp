@@ -1,21 +1,36 @@
 // The pipeline schedules simulated in one process (parallel/schedule.h), as
-// the planner and the step line use them: their bubble against the closed
-// form, and the critical path with unequal stages.
+// the planner and the step line use them: with unit costs their bubble is the
+// literature's closed form; with unequal stages they follow the critical path.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 
 #include "minipretrain/parallel/schedule.h"
+#include "test_support.h"
 
 using namespace minipretrain;
+using minipretrain::test::literature_bubble;
 
+// GPipe and 1F1B at any PP and M; interleaved 1F1B where Megatron runs it
+// (M a multiple of PP); ZB-H1 from M = PP on, where its steady state exists.
 TEST(Plan, BubbleTheoryIsTheSchedulesFormula) {
-  for (const std::string& schedule : {"gpipe", "1f1b"})
+  for (const std::string schedule : {"gpipe", "1f1b"})
     for (int64_t pp : {1, 2, 3, 4, 8})
-      for (int64_t m : {1, 2, 3, 8, 16}) {
-        const double formula = static_cast<double>(pp - 1) / static_cast<double>(m + pp - 1);
-        EXPECT_NEAR(simulate_schedule(schedule, pp, m).bubble, formula, 1e-12) << schedule << " PP " << pp << " M " << m;
+      for (int64_t m : {1, 2, 3, 8, 16})
+        EXPECT_NEAR(simulate_schedule(schedule, pp, m).bubble, literature_bubble(schedule, pp, m), 1e-12)
+            << schedule << " PP " << pp << " M " << m;
+  for (int64_t pp : {2, 3, 4, 8})
+    for (int64_t v : {2, 3})
+      for (int64_t groups : {1, 2, 4}) {
+        const int64_t m = groups * pp;
+        EXPECT_NEAR(simulate_schedule("interleaved-1f1b", pp, m, v).bubble,
+                    literature_bubble("interleaved-1f1b", pp, m, v), 1e-12)
+            << "PP " << pp << " V " << v << " M " << m;
       }
+  for (int64_t pp : {2, 3, 4, 8})
+    for (int64_t m : {pp, pp + 1, 2 * pp, int64_t{16}})
+      EXPECT_NEAR(simulate_schedule("zb-h1", pp, m).bubble, literature_bubble("zb-h1", pp, m), 1e-12)
+          << "PP " << pp << " M " << m;
 }
 
 // Unequal stages: the slowest stage sets the pace, and transfers add up on

@@ -261,6 +261,23 @@ void with_gloo_group(int world, const std::function<void(int, Communicator&)>& f
     if (e) std::rethrow_exception(e);
 }
 
+// Each paper gives the bubble as idle time t_b per stage against the ideal
+// time t_id = m (F + B + W); as a share of the step it is t_b / (t_id + t_b).
+//   GPipe (Huang et al. 2019: O((K - 1) / (M + K - 1))) and 1F1B (Narayanan et al. 2021,
+//   "Efficient Large-Scale Language Model Training on GPU Clusters Using
+//   Megatron-LM", sec. 2.2.1): t_b = (p - 1)(F + B + W), so (p - 1) / (m + p - 1).
+//   Interleaved 1F1B (ibid., sec. 2.2.2): each of v chunks costs 1/v, so
+//   t_b = (p - 1)(F + B + W) / v and the share is (p - 1) / (v m + p - 1).
+//   ZB-H1 (Qi et al. 2024, "Zero Bubble Pipeline Parallelism", sec. 3.1):
+//   t_b = (p - 1)(F + B - W) = (p - 1) against t_id = 3m: (p - 1) / (3m + p - 1).
+double literature_bubble(const std::string& schedule, int64_t pp, int64_t m, int64_t v) {
+  const double idle = static_cast<double>(pp - 1), microbatches = static_cast<double>(m);
+  if (schedule == "gpipe" || schedule == "1f1b") return idle / (microbatches + idle);
+  if (schedule == "interleaved-1f1b") return idle / (static_cast<double>(v) * microbatches + idle);
+  if (schedule == "zb-h1") return idle / (3 * microbatches + idle);
+  throw std::invalid_argument("literature_bubble: no closed form for " + schedule);
+}
+
 double relative_error(const torch::Tensor& a, const torch::Tensor& b) {
   const torch::Tensor bd = b.to(torch::kDouble);
   return (a.to(torch::kDouble) - bd).norm().item<double>() / std::max(bd.norm().item<double>(), 1e-30);

@@ -78,6 +78,11 @@ enum class GroupRules { Gloo, Nccl };
 void with_gloo_group(int world, const std::function<void(int, Communicator&)>& fn, GroupRules rules = GroupRules::Gloo,
                      std::chrono::milliseconds timeout = std::chrono::seconds(60));
 
+// A pipeline schedule's bubble as the literature states it: the idle share
+// of PP x the step's time, with a forward, B and W costing 1 each (a whole
+// backward 2) and free transfers. The derivations are beside the definition.
+double literature_bubble(const std::string& schedule, int64_t pp, int64_t m, int64_t v = 1);
+
 // ||a - b|| / ||b||: fp32 sums in another order differ by ~1e-7 of the
 // tensor's scale, which an element-wise ratio on near-zero entries inflates.
 double relative_error(const torch::Tensor& a, const torch::Tensor& b);

@@ -131,6 +131,11 @@ TEST(Text, TrainOnPreprocessedTextThenGenerate) {
   std::vector<std::string> args = tiny_args(dir + "/out", 20);
   args.insert(args.end(), {"--vocab-size", "320", "--data-path", dir + "/data", "--split", "95,5", "--eval-interval", "10"});
   expect_all_succeeded(run_ranks(1, args));
+  // It learns the text: from about ln(320) = 5.8 at step 1 (measured 5.75) to
+  // 3.35 at step 20; held-out loss 3.85 at step 10, 3.33 at step 20.
+  auto train = read_metrics(dir + "/out"), valid = read_metrics(dir + "/out", "val_loss");
+  EXPECT_LT(train.at(20)["loss"].get<double>(), train.at(1)["loss"].get<double>() - 1.5);
+  EXPECT_LT(valid.at(20)["val_loss"].get<double>(), valid.at(10)["val_loss"].get<double>() - 0.2);
   ProcessResult r = run_binary({"generate", "--checkpoint", dir + "/out", "--tokenizer", model, "--prompt",
                                       "the king", "--max-new-tokens", "8", "--seed", "3"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
