@@ -288,24 +288,51 @@ void expect_all_succeeded(const std::vector<ProcessResult>& results) {
     ASSERT_EQ(results[r].exit_code, 0) << "rank " << r << " output:\n" << results[r].output;
 }
 
-void expect_same_losses(const std::string& a_dir, const std::string& b_dir, int64_t steps, double rel) {
+double expect_same_losses(const std::string& a_dir, const std::string& b_dir, int64_t steps, double rel) {
   auto a = read_metrics(a_dir), b = read_metrics(b_dir);
+  double largest = 0;
   for (int64_t step = 1; step <= steps; ++step) {
-    ASSERT_TRUE(a.count(step) && b.count(step)) << "step " << step << " missing";
+    if (!a.count(step) || !b.count(step)) {
+      ADD_FAILURE() << "step " << step << " missing";
+      return INFINITY;
+    }
     const double la = a[step]["loss"].get<double>(), lb = b[step]["loss"].get<double>();
     EXPECT_LE(std::abs(la - lb), rel * std::abs(la)) << "step " << step << ": " << la << " vs " << lb;
+    largest = std::max(largest, std::abs(la - lb) / std::abs(la));
   }
+  return largest;
 }
 
-void expect_same_weights(const std::string& a_dir, const std::string& b_dir, double rel) {
-  auto a = load_full_tensors(find_latest_checkpoint(a_dir)), b = load_full_tensors(find_latest_checkpoint(b_dir));
-  ASSERT_EQ(a.size(), b.size());
-  ASSERT_FALSE(a.empty());
+namespace {
+
+// Each tensor of `a` against its namesake in `b`, within `rel`.
+double expect_same_tensors(const std::map<std::string, torch::Tensor>& a, const std::map<std::string, torch::Tensor>& b,
+                           double rel) {
+  EXPECT_EQ(a.size(), b.size());
+  EXPECT_FALSE(a.empty());
+  double largest = a.size() == b.size() && !a.empty() ? 0 : INFINITY;
   for (const auto& [name, t] : a) {
-    ASSERT_TRUE(b.count(name)) << name;
-    ASSERT_EQ(t.sizes(), b[name].sizes()) << name;
-    EXPECT_LE(relative_error(b[name], t), rel) << name;
+    if (!b.count(name) || t.sizes() != b.at(name).sizes()) {
+      ADD_FAILURE() << name << " is missing or of another shape";
+      return INFINITY;
+    }
+    const double error = relative_error(b.at(name), t);
+    EXPECT_LE(error, rel) << name;
+    largest = std::max(largest, error);
   }
+  return largest;
+}
+
+}  // namespace
+
+double expect_same_weights(const std::string& a_dir, const std::string& b_dir, double rel) {
+  return expect_same_tensors(load_full_tensors(find_latest_checkpoint(a_dir)),
+                             load_full_tensors(find_latest_checkpoint(b_dir)), rel);
+}
+
+double expect_same_first_step(const std::string& a_dump, const std::string& b_dump, const std::string& kind,
+                              double rel) {
+  return expect_same_tensors(load_full_tensors(a_dump, kind + "-"), load_full_tensors(b_dump, kind + "-"), rel);
 }
 
 }  // namespace minipretrain::test

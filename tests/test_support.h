@@ -94,10 +94,18 @@ namespace minipretrain::test {
 // Every rank of `results` exited 0; otherwise fails with their output.
 void expect_all_succeeded(const std::vector<ProcessResult>& results);
 
+// Each of these returns the largest difference it saw (infinity where
+// something is missing), for the tests that report their noise.
+
 // Per-step losses of two runs agree within `rel` for steps 1..steps.
-void expect_same_losses(const std::string& a_dir, const std::string& b_dir, int64_t steps, double rel);
+double expect_same_losses(const std::string& a_dir, const std::string& b_dir, int64_t steps, double rel);
 
 // The final checkpoints of two runs hold the same full tensors within `rel`.
-void expect_same_weights(const std::string& a_dir, const std::string& b_dir, double rel);
+double expect_same_weights(const std::string& a_dir, const std::string& b_dir, double rel);
+
+// Step 1's tensors of `kind` ("logits" or "grads") that --dump-first-step
+// wrote into two directories, full tensors within `rel` of each other.
+double expect_same_first_step(const std::string& a_dump, const std::string& b_dump, const std::string& kind,
+                              double rel);
 
 }  // namespace minipretrain::test
