@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the dependencies, builds, and runs the whole test suite (unit tests,
 # the multi-process runs over Gloo, the oracle and torchrun tests, and the GPU
-# cases, which skip without a GPU) through ctest.
+# cases, which skip without a GPU) through ctest. Arguments go to ctest:
+# `-L unit` runs the in-process cases alone, `-L run` those that start processes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh

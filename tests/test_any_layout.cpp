@@ -33,11 +33,6 @@ std::vector<std::string> args_for(const RunLayout& l, const std::string& out, in
   return args;
 }
 
-ProcessResult cli(std::vector<std::string> args) {
-  args.insert(args.begin(), binary());
-  return run(args, {}, 120);
-}
-
 }  // namespace
 
 // Five steps on one layout, then ten more on another, against the same ten
@@ -126,7 +121,7 @@ TEST(AnyLayout, RefusalsNameTheProblem) {
     std::vector<std::string> args = args_for(one, fresh_dir("any_refusal_run"), 8);
     args.insert(args.end(), {"--resume", checkpoint});
     args.insert(args.end(), c.extra.begin(), c.extra.end());
-    ProcessResult r = cli(args);
+    ProcessResult r = run_binary(args);
     EXPECT_EQ(r.exit_code, 1) << r.output;
     EXPECT_NE(r.output.find(c.message), std::string::npos) << r.output;
   }
@@ -134,7 +129,7 @@ TEST(AnyLayout, RefusalsNameTheProblem) {
   fs::remove(checkpoint + "/shard-tp1-pp0.json");
   std::vector<std::string> args = args_for(one, fresh_dir("any_refusal_run"), 8);
   args.insert(args.end(), {"--resume", checkpoint});
-  ProcessResult r = cli(args);
+  ProcessResult r = run_binary(args);
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find(" lacks part of model/"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("(is a shard file missing?)"), std::string::npos) << r.output;
@@ -267,7 +262,7 @@ TEST(HfImport, IndependentlyWrittenWeightsGiveTheReferenceLogitsAndRoundTrip) {
   for (const std::string& source : {single, sharded}) {
     SCOPED_TRACE(source);
     const std::string checkpoint = work + "/" + fs::path(source).filename().string();
-    ProcessResult r = cli({"import", "--hf", source, "--output", checkpoint});
+    ProcessResult r = run_binary({"import", "--hf", source, "--output", checkpoint});
     ASSERT_EQ(r.exit_code, 0) << r.output;
     Stage model = load_for_inference(checkpoint);
     torch::NoGradGuard no_grad;
@@ -276,9 +271,9 @@ TEST(HfImport, IndependentlyWrittenWeightsGiveTheReferenceLogitsAndRoundTrip) {
   }
 
   const std::string once = work + "/export_once", imported = work + "/reimported", twice = work + "/export_twice";
-  ASSERT_EQ(cli({"export", "--checkpoint", work + "/hf_single", "--output", once}).exit_code, 0);
-  ASSERT_EQ(cli({"import", "--hf", once, "--output", imported}).exit_code, 0);
-  ASSERT_EQ(cli({"export", "--checkpoint", imported, "--output", twice}).exit_code, 0);
+  ASSERT_EQ(run_binary({"export", "--checkpoint", work + "/hf_single", "--output", once}).exit_code, 0);
+  ASSERT_EQ(run_binary({"import", "--hf", once, "--output", imported}).exit_code, 0);
+  ASSERT_EQ(run_binary({"export", "--checkpoint", imported, "--output", twice}).exit_code, 0);
   for (const char* file : {"/model.safetensors", "/config.json"}) {
     std::ifstream a(once + file, std::ios::binary), b(twice + file, std::ios::binary);
     const std::string bytes_a((std::istreambuf_iterator<char>(a)), {}), bytes_b((std::istreambuf_iterator<char>(b)), {});
@@ -295,7 +290,7 @@ TEST(HfImport, InitFromStartsEveryLayoutFromTheSameWeights) {
   write_hf_config(hf, {});
   write_hf_safetensors(hf + "/model.safetensors", hf_weights());
   const std::string imported = fresh_dir("hf_init_ckpt") + "/checkpoint";
-  ASSERT_EQ(cli({"import", "--hf", hf, "--output", imported}).exit_code, 0);
+  ASSERT_EQ(run_binary({"import", "--hf", hf, "--output", imported}).exit_code, 0);
   auto args = [](const std::string& out, const std::string& from) {
     std::vector<std::string> a = tiny_args(out, 4);
     a.insert(a.end(), {"--vocab-size", "97", "--intermediate-size", "96", "--num-layers", "2",
@@ -305,11 +300,11 @@ TEST(HfImport, InitFromStartsEveryLayoutFromTheSameWeights) {
   };
   const std::string from_hf = fresh_dir("init_hf"), from_ckpt = fresh_dir("init_ckpt"), sharded = fresh_dir("init_tp2pp2"),
                     scratch = fresh_dir("init_none");
-  ProcessResult r = cli(args(from_hf, hf));
+  ProcessResult r = run_binary(args(from_hf, hf));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("Initialized the weights from " + hf), std::string::npos) << r.output;
-  ASSERT_EQ(cli(args(from_ckpt, imported)).exit_code, 0);
-  ASSERT_EQ(cli(args(scratch, "")).exit_code, 0);
+  ASSERT_EQ(run_binary(args(from_ckpt, imported)).exit_code, 0);
+  ASSERT_EQ(run_binary(args(scratch, "")).exit_code, 0);
   std::vector<std::string> tp2pp2 = args(sharded, hf);
   tp2pp2.insert(tp2pp2.end(), {"--tensor-parallel-size", "2", "--pipeline-parallel-size", "2"});
   expect_all_succeeded(run_ranks(4, tp2pp2));
@@ -335,14 +330,14 @@ TEST(HfImport, UnsupportedFeaturesAreRefusedByName) {
     const std::string hf = fresh_dir("hf_refused_model");
     write_hf_config(hf, extra);
     write_hf_safetensors(hf + "/model.safetensors", hf_weights());
-    ProcessResult r = cli({"import", "--hf", hf, "--output", dir + "/out"});
+    ProcessResult r = run_binary({"import", "--hf", hf, "--output", dir + "/out"});
     EXPECT_EQ(r.exit_code, 1) << r.output;
     EXPECT_NE(r.output.find(hf + "/config.json: " + message), std::string::npos) << r.output;
     EXPECT_FALSE(fs::exists(dir + "/out"));
   }
   const std::string empty = fresh_dir("hf_empty");
   write_hf_config(empty, {});
-  ProcessResult r = cli({"import", "--hf", empty, "--output", dir + "/out"});
+  ProcessResult r = run_binary({"import", "--hf", empty, "--output", dir + "/out"});
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find("has neither model.safetensors nor model.safetensors.index.json"), std::string::npos) << r.output;
 }

@@ -30,6 +30,14 @@ std::string resolve_error(Config config, int64_t world = 1) {
   return "";
 }
 
+// What detect_launch_env reads from an environment of exactly `vars`.
+LaunchEnv env_of(const std::map<std::string, std::string>& vars) {
+  return detect_launch_env([vars](const std::string& k) -> std::optional<std::string> {
+    auto it = vars.find(k);
+    return it == vars.end() ? std::nullopt : std::optional<std::string>(it->second);
+  });
+}
+
 std::string write_temp(const std::string& name, const std::string& text) {
   const std::string path = test::fresh_dir("config") + "/" + name;
   std::ofstream(path) << text;
@@ -262,12 +270,6 @@ TEST(LaunchEnv, EachLocalRankTakesItsOwnGpu) {
 }
 
 TEST(LaunchEnv, ReadsEachLauncher) {
-  auto env_of = [](std::map<std::string, std::string> vars) {
-    return detect_launch_env([vars](const std::string& k) -> std::optional<std::string> {
-      auto it = vars.find(k);
-      return it == vars.end() ? std::nullopt : std::optional<std::string>(it->second);
-    });
-  };
   EXPECT_EQ(env_of({}).world_size, 1);
   LaunchEnv t = env_of({{"RANK", "3"}, {"WORLD_SIZE", "8"}, {"LOCAL_RANK", "1"}, {"LOCAL_WORLD_SIZE", "2"},
                         {"MASTER_ADDR", "node0"}, {"MASTER_PORT", "1234"}});
@@ -291,6 +293,19 @@ TEST(LaunchEnv, ReadsEachLauncher) {
   EXPECT_THROW(env_of({{"RANK", "4"}, {"WORLD_SIZE", "4"}}), ConfigError);
   EXPECT_THROW(env_of({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"OMPI_COMM_WORLD_RANK", "1"}, {"OMPI_COMM_WORLD_SIZE", "2"}}),
                ConfigError);
+}
+
+// torchrun serves its own store on MASTER_PORT while the workers run: the
+// rendezvous takes the port after it.
+TEST(TorchrunEnvironment, TheRendezvousTakesThePortAfterTorchrunsOwnStore) {
+  auto torchrun_env = [](std::map<std::string, std::string> vars) {
+    vars.insert({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "node0"}});
+    return env_of(vars);
+  };
+  EXPECT_EQ(torchrun_env({{"MASTER_PORT", "29500"}, {"TORCHELASTIC_USE_AGENT_STORE", "True"}}).master_port, 29501);
+  EXPECT_EQ(torchrun_env({{"MASTER_PORT", "29500"}, {"TORCHELASTIC_USE_AGENT_STORE", "False"}}).master_port, 29500);
+  EXPECT_EQ(torchrun_env({{"MASTER_PORT", "29500"}}).master_port, 29500);
+  EXPECT_THROW(torchrun_env({{"MASTER_PORT", "65535"}, {"TORCHELASTIC_USE_AGENT_STORE", "True"}}), ConfigError);
 }
 
 TEST(Layout, RankLayoutOfTheDesign) {

@@ -13,9 +13,8 @@ using namespace minipretrain::test;
 namespace {
 
 ProcessResult help_of(std::vector<std::string> args) {
-  args.insert(args.begin(), binary());
   args.push_back("--help");
-  return run(args, {}, 60);
+  return run_binary(args);
 }
 
 // The names in the "Subcommands:" section of CLI11's help.

@@ -13,15 +13,6 @@
 using namespace minipretrain::test;
 namespace fs = std::filesystem;
 
-namespace {
-
-ProcessResult run_binary(std::vector<std::string> args) {
-  args.insert(args.begin(), binary());
-  return run(args, {}, 120);
-}
-
-}  // namespace
-
 // The step line says how long the run has taken and how long it will take.
 TEST(TensorBoard, TheStepLineShowsElapsedTimeAndEta) {
   ProcessResult r = run_binary(tiny_args(fresh_dir("eta"), 3));

@@ -40,11 +40,6 @@ void expect_oracle_agrees(const std::string& script, std::vector<std::string> ar
   if (r.exit_code == 0) std::cout << r.output;  // what it compared
 }
 
-ProcessResult cli(std::vector<std::string> args) {
-  args.insert(args.begin(), binary());
-  return run(args, {}, 120);
-}
-
 // The tiny model trained for `steps` on `world` processes; returns its output directory.
 std::string train(const std::string& name, int world, int steps, const std::vector<std::string>& extra = {}) {
   const std::string out = fresh_dir(name);
@@ -115,7 +110,7 @@ constexpr const char* kLogitsAtol = "5e-6";
 TEST(TransformersOracle, LoadsOurExportWithOurLogitsAndGreedyTokens) {
   const std::string out = train("oracle_export", 1, 3, {"--rope-theta", "500000"});
   const std::string hf = fresh_dir("oracle_export_hf") + "/model";
-  ProcessResult r = cli({"export", "--checkpoint", out, "--output", hf});
+  ProcessResult r = run_binary({"export", "--checkpoint", out, "--output", hf});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   write_model_outputs(find_latest_checkpoint(out), out + "/ours.json");
   expect_oracle_agrees("hf_llama.py", {"check", kLogitsAtol, hf, out + "/ours.json"});
@@ -130,7 +125,7 @@ TEST(TransformersOracle, ItsSavedModelsImportWithItsLogitsAndTrain) {
   std::vector<std::string> pairs = {"check", kLogitsAtol};
   for (const std::string variant : {"fp32", "fp32-sharded", "bf16", "bf16-sharded"}) {
     const std::string checkpoint = work + "/" + variant;
-    ProcessResult r = cli({"import", "--hf", saved + "/" + variant, "--output", checkpoint});
+    ProcessResult r = run_binary({"import", "--hf", saved + "/" + variant, "--output", checkpoint});
     ASSERT_EQ(r.exit_code, 0) << r.output;
     write_model_outputs(checkpoint, checkpoint + ".json");
     pairs.insert(pairs.end(), {saved + "/" + variant, checkpoint + ".json"});
@@ -154,7 +149,7 @@ TEST(TransformersOracle, ItsSavedModelsImportWithItsLogitsAndTrain) {
 TEST(TransformersOracle, ARopeBaseUnderRopeParametersIsKept) {
   const std::string saved = fresh_dir("oracle_hf_rope"), checkpoint = fresh_dir("oracle_hf_rope_import") + "/ckpt";
   expect_oracle_agrees("hf_llama.py", {"save", saved, "500000"});
-  ProcessResult r = cli({"import", "--hf", saved + "/fp32", "--output", checkpoint});
+  ProcessResult r = run_binary({"import", "--hf", saved + "/fp32", "--output", checkpoint});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   write_model_outputs(checkpoint, checkpoint + ".json");
   expect_oracle_agrees("hf_llama.py", {"check", kLogitsAtol, saved + "/fp32", checkpoint + ".json"});
@@ -166,7 +161,7 @@ TEST(TransformersOracle, ARopeBaseUnderRopeParametersIsKept) {
 TEST(SafetensorsOracle, ReadsEveryTensorOfAnExportAndACheckpointShard) {
   const std::string out = train("oracle_safetensors", 2, 2, {"--vocab-size", "95", "--tensor-parallel-size", "2"});
   const std::string checkpoint = find_latest_checkpoint(out), hf = out + "/hf";
-  ASSERT_EQ(cli({"export", "--checkpoint", checkpoint, "--output", hf}).exit_code, 0);
+  ASSERT_EQ(run_binary({"export", "--checkpoint", checkpoint, "--output", hf}).exit_code, 0);
   write_tensors(load_full_tensors(checkpoint), out + "/full.json");
   expect_oracle_agrees("safetensors_files.py", {hf + "/model.safetensors", out + "/full.json"});
 
@@ -214,9 +209,9 @@ TEST(SentencePieceOracle, EncodesTheCorpusToTheIdsPreprocessWrote) {
     }
   }
   const std::string model = dir + "/tok.model";
-  ProcessResult r = cli({"tokenizer", "--input", dir + "/corpus.txt", "--vocab-size", "320", "--output", model});
+  ProcessResult r = run_binary({"tokenizer", "--input", dir + "/corpus.txt", "--vocab-size", "320", "--output", model});
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  r = cli({"preprocess", "--tokenizer", model, "--input", dir + "/corpus.txt", "--output-prefix", dir + "/data",
+  r = run_binary({"preprocess", "--tokenizer", model, "--input", dir + "/corpus.txt", "--output-prefix", dir + "/data",
            "--workers", "2"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   expect_oracle_agrees("sentencepiece_ids.py", {model, dir + "/data", dir + "/corpus.txt"});

@@ -1,6 +1,6 @@
 // Runs that survive what ends real ones (issue 10): a stop signal, a kill in
 // the middle of a save, NaNs, a dead rank under a restarting launcher, a hung
-// rank. Faults are injected with MINIPRETRAIN_FAULT (config/faults.h); every
+// rank. Faults are injected with MINIPRETRAIN_FAULT (train/faults.h); every
 // test compares with an uninterrupted run of the same layout, bit for bit.
 #include <gtest/gtest.h>
 
@@ -23,11 +23,6 @@ namespace fs = std::filesystem;
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-std::vector<std::string> with(std::vector<std::string> args, const std::vector<std::string>& more) {
-  args.insert(args.end(), more.begin(), more.end());
-  return args;
-}
 
 std::vector<std::string> tp2_pp2(const std::string& out, int steps) {
   return with(tiny_args(out, steps), {"--tensor-parallel-size", "2", "--pipeline-parallel-size", "2"});
@@ -246,7 +241,7 @@ TEST(Survival, AStoppedRankMakesTheOthersFailInTimeNamingGroupAndOperation) {
 TEST(Survival, SaveKeepAndExitDuration) {
   const std::string out = fresh_dir("survive_keep");
   fs::create_directories(out + "/checkpoint-00000001.tmp");
-  ProcessResult r = run(with({binary()}, with(tiny_args(out, 10), {"--save-interval", "2", "--save-keep", "2"})), {}, 120);
+  ProcessResult r = run_binary(with(tiny_args(out, 10), {"--save-interval", "2", "--save-keep", "2"}));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   std::vector<std::string> left;
   for (const auto& e : fs::directory_iterator(out))
@@ -256,15 +251,14 @@ TEST(Survival, SaveKeepAndExitDuration) {
 
   // Rolled back to step 8 and saved at 9: step 10 belongs to the abandoned
   // run, kept aside where --resume auto never takes it.
-  r = run(with({binary()}, with(tiny_args(out, 9), {"--save-interval", "1", "--resume", out + "/checkpoint-00000008"})),
-          {}, 120);
+  r = run_binary(with(tiny_args(out, 9), {"--save-interval", "1", "--resume", out + "/checkpoint-00000008"}));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("checkpoint-00000010 is later than the step just saved"), std::string::npos) << r.output;
   EXPECT_TRUE(fs::exists(out + "/checkpoint-00000010.abandoned/meta.json"));
   EXPECT_EQ(find_latest_checkpoint(out), out + "/checkpoint-00000009");
 
   const std::string timed = fresh_dir("survive_duration");
-  r = run(with({binary()}, with(tiny_args(timed, 1000), {"--exit-duration-mins", "0.00001"})), {}, 120);
+  r = run_binary(with(tiny_args(timed, 1000), {"--exit-duration-mins", "0.00001"}));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("Stopping after step 1: the run has taken --exit-duration-mins"), std::string::npos)
       << r.output;

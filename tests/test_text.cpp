@@ -17,11 +17,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-ProcessResult minipretrain_run(std::vector<std::string> args) {
-  args.insert(args.begin(), binary());
-  return run(args, {}, 300);
-}
-
 // Sentences of random words, one document per line.
 std::vector<std::string> documents(int count) {
   const std::vector<std::string> words = {"the", "king", "queen", "speaks", "of", "war", "and", "peace", "to",
@@ -39,7 +34,7 @@ std::vector<std::string> documents(int count) {
 // A tokenizer trained once for the tests below.
 std::string tokenizer_model(const std::string& corpus) {
   const std::string model = fs::path(corpus).parent_path() / "tok.model";
-  ProcessResult r = minipretrain_run({"tokenizer", "--input", corpus, "--vocab-size", "320", "--output", model});
+  ProcessResult r = run_binary({"tokenizer", "--input", corpus, "--vocab-size", "320", "--output", model});
   EXPECT_EQ(r.exit_code, 0) << r.output;
   return model;
 }
@@ -74,12 +69,12 @@ TEST(Text, PreprocessThenDetokenizeGivesTheDocuments) {
   EXPECT_EQ(tokenizer.vocab_size(), 320);
   EXPECT_EQ(tokenizer.eos_id(), 2);
 
-  ProcessResult r = minipretrain_run({"preprocess", "--tokenizer", model, "--input", dir + "/corpus.txt",
+  ProcessResult r = run_binary({"preprocess", "--tokenizer", model, "--input", dir + "/corpus.txt",
                                       "--output-prefix", dir + "/text", "--workers", "2"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(decoded_documents(dir + "/text", tokenizer), docs);
 
-  r = minipretrain_run({"preprocess", "--tokenizer", model, "--input", dir + "/corpus.jsonl", "--json-key", "content",
+  r = run_binary({"preprocess", "--tokenizer", model, "--input", dir + "/corpus.jsonl", "--json-key", "content",
                         "--output-prefix", dir + "/json", "--workers", "1"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(decoded_documents(dir + "/json", tokenizer), docs);
@@ -87,7 +82,7 @@ TEST(Text, PreprocessThenDetokenizeGivesTheDocuments) {
   std::ifstream a(dir + "/text.bin", std::ios::binary), b(dir + "/json.bin", std::ios::binary);
   EXPECT_EQ(std::string(std::istreambuf_iterator<char>(a), {}), std::string(std::istreambuf_iterator<char>(b), {}));
 
-  r = minipretrain_run({"preprocess", "--tokenizer", model, "--input", dir + "/blank.txt", "--blank-line-documents",
+  r = run_binary({"preprocess", "--tokenizer", model, "--input", dir + "/blank.txt", "--blank-line-documents",
                         "--output-prefix", dir + "/blank"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(decoded_documents(dir + "/blank", tokenizer),
@@ -111,14 +106,14 @@ TEST(Text, BadInputNamesFileAndLineAndLeavesNothing) {
       {dir + "/nowhere.txt", "cannot read input"},
   };
   for (const auto& [input, message] : cases) {
-    ProcessResult r = minipretrain_run({"preprocess", "--tokenizer", model, "--input", input, "--output-prefix",
+    ProcessResult r = run_binary({"preprocess", "--tokenizer", model, "--input", input, "--output-prefix",
                                         dir + "/out", "--no-progress"});
     EXPECT_EQ(r.exit_code, 2) << r.output;
     EXPECT_NE(r.output.find(message), std::string::npos) << r.output;
     for (const char* leftover : {"/out.bin", "/out.idx", "/out.bin.tmp", "/out.idx.tmp"})
       EXPECT_FALSE(fs::exists(dir + leftover)) << leftover;
   }
-  ProcessResult r = minipretrain_run({"preprocess", "--tokenizer", dir + "/corpus.txt", "--input", dir + "/corpus.txt",
+  ProcessResult r = run_binary({"preprocess", "--tokenizer", dir + "/corpus.txt", "--input", dir + "/corpus.txt",
                                       "--output-prefix", dir + "/out"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.output.find("cannot load tokenizer"), std::string::npos) << r.output;
@@ -131,16 +126,21 @@ TEST(Text, TrainOnPreprocessedTextThenGenerate) {
     for (const auto& d : documents(400)) corpus << d << "\n";
   }
   const std::string model = tokenizer_model(dir + "/corpus.txt");
-  ASSERT_EQ(minipretrain_run({"preprocess", "--tokenizer", model, "--input", dir + "/corpus.txt", "--output-prefix",
+  ASSERT_EQ(run_binary({"preprocess", "--tokenizer", model, "--input", dir + "/corpus.txt", "--output-prefix",
                               dir + "/data", "--no-progress"}).exit_code, 0);
   std::vector<std::string> args = tiny_args(dir + "/out", 20);
   args.insert(args.end(), {"--vocab-size", "320", "--data-path", dir + "/data", "--split", "95,5", "--eval-interval", "10"});
   expect_all_succeeded(run_ranks(1, args));
-  ProcessResult r = minipretrain_run({"generate", "--checkpoint", dir + "/out", "--tokenizer", model, "--prompt",
+  // It learns the text: from about ln(320) = 5.8 at step 1 (measured 5.75) to
+  // 3.35 at step 20; held-out loss 3.85 at step 10, 3.33 at step 20.
+  auto train = read_metrics(dir + "/out"), valid = read_metrics(dir + "/out", "val_loss");
+  EXPECT_LT(train.at(20)["loss"].get<double>(), train.at(1)["loss"].get<double>() - 1.5);
+  EXPECT_LT(valid.at(20)["val_loss"].get<double>(), valid.at(10)["val_loss"].get<double>() - 0.2);
+  ProcessResult r = run_binary({"generate", "--checkpoint", dir + "/out", "--tokenizer", model, "--prompt",
                                       "the king", "--max-new-tokens", "8", "--seed", "3"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(r.output.rfind("the king", 0), 0u) << r.output;  // the prompt, then its continuation
-  EXPECT_EQ(r.output, minipretrain_run({"generate", "--checkpoint", dir + "/out", "--tokenizer", model, "--prompt",
+  EXPECT_EQ(r.output, run_binary({"generate", "--checkpoint", dir + "/out", "--tokenizer", model, "--prompt",
                                         "the king", "--max-new-tokens", "8", "--seed", "3"}).output);
 }
 
@@ -154,7 +154,7 @@ TEST(Text, EmptyInputOrNotATokenizerSaysWhichFile) {
     std::ofstream(dir + "/corpus.txt") << "the king speaks of war and peace\n";
   }
   for (const std::string& input : {dir + "/empty.txt", dir + "/blank.txt"}) {
-    ProcessResult r = minipretrain_run({"tokenizer", "--input", input, "--vocab-size", "320", "--output",
+    ProcessResult r = run_binary({"tokenizer", "--input", input, "--vocab-size", "320", "--output",
                                         dir + "/tok.model"});
     EXPECT_EQ(r.exit_code, 2) << r.output;
     EXPECT_NE(r.output.find("the input has no text: '" + input + "'"), std::string::npos) << r.output;
@@ -169,12 +169,12 @@ TEST(Text, EmptyInputOrNotATokenizerSaysWhichFile) {
       {dir + "/nowhere.model", "cannot load tokenizer '" + dir + "/nowhere.model': no such file"},
   };
   for (const auto& [model, message] : models) {
-    ProcessResult r = minipretrain_run({"preprocess", "--tokenizer", model, "--input", text, "--output-prefix",
+    ProcessResult r = run_binary({"preprocess", "--tokenizer", model, "--input", text, "--output-prefix",
                                         dir + "/out", "--no-progress"});
     EXPECT_EQ(r.exit_code, 2) << r.output;
     EXPECT_NE(r.output.find(message), std::string::npos) << r.output;
     EXPECT_EQ(r.output.find("Internal"), std::string::npos) << r.output;
-    r = minipretrain_run({"generate", "--checkpoint", dir, "--tokenizer", model, "--prompt", "the king"});
+    r = run_binary({"generate", "--checkpoint", dir, "--tokenizer", model, "--prompt", "the king"});
     EXPECT_EQ(r.exit_code, 2) << r.output;
     EXPECT_NE(r.output.find(message), std::string::npos) << r.output;
     EXPECT_EQ(r.output.find("Internal"), std::string::npos) << r.output;
@@ -190,7 +190,7 @@ TEST(Text, LongWorkShowsProgressWithRateAndEta) {
     std::ofstream corpus(dir + "/corpus.txt");
     for (const auto& d : documents(400)) corpus << d << "\n";
   }
-  ProcessResult r = minipretrain_run({"tokenizer", "--input", dir + "/corpus.txt", "--vocab-size", "360", "--output",
+  ProcessResult r = run_binary({"tokenizer", "--input", dir + "/corpus.txt", "--vocab-size", "360", "--output",
                                       dir + "/tok.model"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("tokenizer: training a BPE vocabulary of 360 on"), std::string::npos) << r.output;
@@ -202,7 +202,7 @@ TEST(Text, LongWorkShowsProgressWithRateAndEta) {
   EXPECT_EQ(r.output.find("trainer_spec"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("tokenizer: trained in"), std::string::npos) << r.output;
 
-  r = minipretrain_run({"preprocess", "--tokenizer", dir + "/tok.model", "--input", dir + "/corpus.txt",
+  r = run_binary({"preprocess", "--tokenizer", dir + "/tok.model", "--input", dir + "/corpus.txt",
                         "--output-prefix", dir + "/data"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_TRUE(std::regex_search(
@@ -213,9 +213,8 @@ TEST(Text, LongWorkShowsProgressWithRateAndEta) {
 
   std::vector<std::string> args = tiny_args(dir + "/out", 2);
   args.insert(args.end(), {"--vocab-size", "360", "--data-path", dir + "/data"});
-  args.insert(args.begin(), binary());
-  ASSERT_EQ(run(args, {}, 120).exit_code, 0);
-  r = minipretrain_run({"export", "--checkpoint", dir + "/out", "--output", dir + "/hf"});
+  ASSERT_EQ(run_binary(args).exit_code, 0);
+  r = run_binary({"export", "--checkpoint", dir + "/out", "--output", dir + "/hf"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_TRUE(std::regex_search(r.output, std::regex("reading .*checkpoint-00000002: [0-9]+\\.0 tensors \\(100%\\) \\| "
                                                      "ETA 0:00:00 \\| [0-9.]+ tensors/s\n")))

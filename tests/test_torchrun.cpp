@@ -8,12 +8,9 @@
 
 #include <cstdlib>
 
-#include "minipretrain/config/config.h"
-#include "minipretrain/distributed/launch_env.h"
 #include "test_support.h"
 #include "two_namespaces.h"
 
-using namespace minipretrain;
 using namespace minipretrain::test;
 
 namespace {
@@ -26,11 +23,6 @@ std::string torchrun() { return venv_program("torchrun"); }
 std::string missing_torchrun() {
   if (::access(torchrun().c_str(), X_OK) == 0) return "";
   return "no torchrun at " + torchrun() + ": run scripts/install_deps.sh (or set MINIPRETRAIN_VENV)";
-}
-
-std::vector<std::string> with(std::vector<std::string> args, const std::vector<std::string>& more) {
-  args.insert(args.end(), more.begin(), more.end());
-  return args;
 }
 
 // The uninterrupted one-process run, once per test binary.
@@ -69,22 +61,6 @@ class Torchrun : public ::testing::Test {
     if (const std::string why = missing_torchrun(); !why.empty()) FAIL() << why;
   }
 };
-
-// torchrun serves its own store on MASTER_PORT while the workers run: the
-// rendezvous takes the port after it.
-TEST(TorchrunEnvironment, TheRendezvousTakesThePortAfterTorchrunsOwnStore) {
-  auto env_of = [](std::map<std::string, std::string> vars) {
-    vars.insert({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "node0"}});
-    return detect_launch_env([vars](const std::string& k) -> std::optional<std::string> {
-      auto it = vars.find(k);
-      return it == vars.end() ? std::nullopt : std::optional<std::string>(it->second);
-    });
-  };
-  EXPECT_EQ(env_of({{"MASTER_PORT", "29500"}, {"TORCHELASTIC_USE_AGENT_STORE", "True"}}).master_port, 29501);
-  EXPECT_EQ(env_of({{"MASTER_PORT", "29500"}, {"TORCHELASTIC_USE_AGENT_STORE", "False"}}).master_port, 29500);
-  EXPECT_EQ(env_of({{"MASTER_PORT", "29500"}}).master_port, 29500);
-  EXPECT_THROW(env_of({{"MASTER_PORT", "65535"}, {"TORCHELASTIC_USE_AGENT_STORE", "True"}}), ConfigError);
-}
 
 TEST_F(Torchrun, TwoProcessesEqualOneProcess) {
   const std::string out = fresh_dir("torchrun_dp2");

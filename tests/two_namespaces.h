@@ -1,8 +1,9 @@
 // Two nodes on one machine: two network namespaces joined by a veth pair,
 // node 0 at 10.77.0.1 and node 1 at 10.77.0.2. The host name still resolves
 // to the loopback inside them, as on a Debian host. The fixture skips where
-// it cannot make them (no ip(8), not root). Shared by the two-node tests of
-// our launcher and of torchrun.
+// it cannot make them (no ip(8), not root), except in CI (CI=true) as root on
+// a kernel that lets it: there it fails. Shared by the two-node tests of our
+// launcher and of torchrun.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -26,6 +27,7 @@ class TwoNamespaces : public ::testing::Test {
   std::string ns_[2], veth_[2];
 
  private:
+  std::string make_nodes();
   std::string node_setup(int node) const;
 };
 

@@ -235,6 +235,11 @@ bool train_loop(const Config& config, ParallelState& parallel, Trainer& trainer)
     };
   install_stop_handlers();
   const auto run_start = Clock::now();
+  // --exit-duration-mins, capped at 30 years so that the time point cannot overflow.
+  const double limit_s = std::min(60.0 * config.log.exit_duration_mins, 1e9);
+  const auto deadline = limit_s > 0 ? run_start + std::chrono::duration_cast<Clock::duration>(
+                                                      std::chrono::duration<double>(limit_s))
+                                    : Clock::time_point::max();
   const int64_t max_steps = config.train.max_steps;
   double elapsed = 0, interval_seconds = 0;
   int64_t interval_steps = 0;
@@ -242,9 +247,7 @@ bool train_loop(const Config& config, ParallelState& parallel, Trainer& trainer)
     try {
       for (Communicator* c : {&parallel.tp(), &parallel.dp(), &parallel.pp()}) c->reset_stats();
       set_current_step(step);
-      const double minutes = seconds_since(run_start) / 60.0;
-      const StepStats stats =
-          trainer.step(step, config.log.exit_duration_mins > 0 && minutes >= config.log.exit_duration_mins);
+      const StepStats stats = trainer.step(step, deadline);
       elapsed += stats.seconds;
       interval_seconds += stats.seconds;
       ++interval_steps;

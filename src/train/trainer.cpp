@@ -87,7 +87,7 @@ std::vector<Microbatch> Trainer::microbatches(const TokenDataset& data, const st
   return out;
 }
 
-StepStats Trainer::step(int64_t step, bool out_of_time) {
+StepStats Trainer::step(int64_t step, Clock::time_point deadline) {
   const FaultPlan& faults = FaultPlan::from_environment();
   faults.strike(FaultKind::Die, step, parallel_.rank());
   faults.strike(FaultKind::Hang, step, parallel_.rank());
@@ -109,7 +109,7 @@ StepStats Trainer::step(int64_t step, bool out_of_time) {
   if (on_gradients) on_gradients(step);
   const Stopwatch optimizer_time(device_);
   const double grad_norm = global_grad_norm(grads_, counted_in_norm_, parallel_.tp(), parallel_.pp());
-  const Boundary boundary = agree_at_boundary(result.loss, grad_norm, out_of_time);
+  const Boundary boundary = agree_at_boundary(result.loss, grad_norm, Clock::now() >= deadline);
   const double lr = schedule_.at(step);
   if (boundary.non_finite) {
     report_non_finite(step, result.loss);

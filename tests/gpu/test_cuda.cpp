@@ -180,12 +180,11 @@ TEST(CudaNccl, APeerThatNeverComesEndsTheRankWithinTheTimeout) {
   EXPECT_LT(std::chrono::steady_clock::now() - started, 60s);
 }
 
-// The command line of a 10-step tiny run on `device`.
-std::vector<std::string> cuda_run(const std::string& dir, const std::string& device, const std::string& precision) {
-  std::vector<std::string> argv = test::tiny_args(dir, 10);
-  argv.insert(argv.begin(), test::binary());
-  argv.insert(argv.end(), {"--device", device, "--precision", precision});
-  return argv;
+// A 10-step tiny run on `device`.
+test::ProcessResult cuda_run(const std::string& dir, const std::string& device, const std::string& precision) {
+  std::vector<std::string> args = test::tiny_args(dir, 10);
+  args.insert(args.end(), {"--device", device, "--precision", precision});
+  return test::run_binary(args);
 }
 
 // fp32 on the GPU computes the CPU's numbers up to summation order (cuBLAS
@@ -194,7 +193,7 @@ std::vector<std::string> cuda_run(const std::string& dir, const std::string& dev
 TEST(CudaRun, Fp32StepsMatchTheCpu) {
   REQUIRE_GPUS(1);
   const std::string cpu = test::fresh_dir("cuda_fp32_cpu"), gpu = test::fresh_dir("cuda_fp32_gpu");
-  test::expect_all_succeeded({test::run(cuda_run(cpu, "cpu", "fp32")), test::run(cuda_run(gpu, "cuda", "fp32"))});
+  test::expect_all_succeeded({cuda_run(cpu, "cpu", "fp32"), cuda_run(gpu, "cuda", "fp32")});
   test::expect_same_losses(gpu, cpu, 10, 1e-4);
   test::expect_same_weights(gpu, cpu, 1e-3);
 }
@@ -204,7 +203,7 @@ TEST(CudaRun, Fp32StepsMatchTheCpu) {
 TEST(CudaRun, AutoPrecisionIsBf16AndTracksFp32) {
   REQUIRE_GPUS(1);
   const std::string fp32 = test::fresh_dir("cuda_auto_fp32"), autop = test::fresh_dir("cuda_auto");
-  const test::ProcessResult ra = test::run(cuda_run(fp32, "cuda", "fp32")), rb = test::run(cuda_run(autop, "cuda", "auto"));
+  const test::ProcessResult ra = cuda_run(fp32, "cuda", "fp32"), rb = cuda_run(autop, "cuda", "auto");
   test::expect_all_succeeded({ra, rb});
   const auto la = test::read_metrics(fp32), lb = test::read_metrics(autop);
   ASSERT_EQ(la.size(), lb.size());

@@ -6,6 +6,7 @@
 // checkpoints live in commands/train.cpp.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
@@ -52,10 +53,10 @@ class Trainer {
  public:
   Trainer(Config config, ParallelState& parallel, torch::Device device);
 
-  // One optimizer step; `out_of_time` is this rank's view of
-  // --exit-duration-mins, agreed on in the boundary. A non-finite step is
+  // One optimizer step. A rank past `deadline` (--exit-duration-mins) at
+  // the step's end says so in the boundary vote. A non-finite step is
   // skipped on every rank; too many in a row throw DivergedError.
-  StepStats step(int64_t step, bool out_of_time);
+  StepStats step(int64_t step, std::chrono::steady_clock::time_point deadline);
   // The mean loss of --eval-iters fixed global batches of the validation set.
   double evaluate();
 
