@@ -212,13 +212,41 @@ TEST(GradientBuckets, AverageOverDataParallelInFewCalls) {
     torch::Tensor flat = torch::empty({1000});
     for (int i = 0; i < 10; ++i) flat.narrow(0, 100 * i, 100).fill_(static_cast<float>(rank * 10 + i));
     GradientBuckets buckets(flat, std::vector<int64_t>(10, 100), 1000);  // two 400-byte gradients per bucket
-    buckets.all_reduce_mean(dp);
+    buckets.reduce(dp);
     for (int i = 0; i < 10; ++i) {
       EXPECT_FLOAT_EQ(flat[100 * i].item<float>(), 5.0f + i);
       EXPECT_FLOAT_EQ(flat[100 * i + 99].item<float>(), 5.0f + i);
     }
     EXPECT_EQ(dp.stats().at("all_reduce").calls, static_cast<int64_t>(buckets.num_buckets()));
     EXPECT_EQ(buckets.num_buckets(), 5u);
+  });
+}
+
+// The distributed optimizer's buckets: cut anywhere into lengths that
+// divide over DP, the buffer padded; each reduce-scatter leaves rank r the
+// average of chunk r of its bucket, and a bucket waits for every tensor that
+// reaches into it.
+TEST(GradientBuckets, ReduceScatterChunksForTheDistributedOptimizer) {
+  const std::vector<int64_t> sizes{150, 150, 101};
+  ASSERT_EQ(GradientBuckets::padded_length(sizes, 2), 402);
+  with_gloo_group(2, [&](int rank, Communicator& dp) {
+    torch::Tensor flat = torch::arange(402, torch::kFloat) * static_cast<float>(rank + 1);
+    GradientBuckets buckets(flat, sizes, 400, 2);  // 100 elements a bucket: [0,100) ... [400,402)
+    ASSERT_EQ(buckets.num_buckets(), 5u);
+    const auto started = [&] { return dp.stats().count("reduce_scatter") ? dp.stats().at("reduce_scatter").calls : 0; };
+    buckets.ready(1, dp);
+    EXPECT_EQ(started(), 0) << "bucket 0 holds tensor 0";
+    buckets.ready(0, dp);
+    EXPECT_EQ(started(), 3) << "tensors 0 and 1 fill buckets 0 to 2";
+    buckets.finish(dp);
+    EXPECT_EQ(started(), 5);
+    EXPECT_EQ(dp.stats().at("reduce_scatter").bytes, 402 * 4);
+    for (const GradientBuckets::Range& r : buckets.ranges()) {
+      const int64_t length = r.elements / 2, first = r.offset + rank * length;
+      // The mean of i and 2i.
+      EXPECT_TRUE(torch::allclose(flat.narrow(0, first, length), torch::arange(first, first + length, torch::kFloat) * 1.5f))
+          << "bucket at " << r.offset;
+    }
   });
 }
 
@@ -482,15 +510,16 @@ TEST(Schedules, InterleavedShape) {
   EXPECT_EQ(interleaved_schedule(2, 0, 4, 2), expected);
 }
 
-TEST(Shards, TakeAndJoinWithPadding) {
+TEST(Shards, TakeWithPadding) {
   torch::Tensor full = torch::arange(14, torch::kFloat).view({7, 2});
-  std::vector<std::pair<ShardSpec, torch::Tensor>> shards;
+  std::vector<torch::Tensor> shards;
   for (int r = 0; r < 4; ++r) {
-    ShardSpec spec = shard_along(0, {7, 2}, r, 4);
-    shards.emplace_back(spec, take_shard(full, spec, 2));
+    const ShardSpec spec = shard_along(0, {7, 2}, r, 4);
+    EXPECT_EQ(spec.offset, 2 * r);
+    shards.push_back(take_shard(full, spec, 2));
   }
-  EXPECT_TRUE(torch::equal(shards[3].second[1], torch::zeros({2})));  // the padding row
-  EXPECT_TRUE(torch::equal(join_shards(shards), full));
+  EXPECT_TRUE(torch::equal(shards[3][1], torch::zeros({2})));  // the padding row
+  EXPECT_TRUE(torch::equal(torch::cat(shards).narrow(0, 0, 7), full));
 }
 
 TEST(Nccl, CreatingItWithoutAGpuIsAClearError) {

@@ -34,7 +34,7 @@ std::string step_dir_name(int64_t step) {
 }
 
 std::string shard_name(const Coordinates& c) {
-  return "shard-tp" + std::to_string(c.tp) + "-pp" + std::to_string(c.pp);
+  return "shard-tp" + std::to_string(c.tp) + "-pp" + std::to_string(c.pp) + (c.dp > 0 ? "-dp" + std::to_string(c.dp) : "");
 }
 
 // A complete checkpoint is named exactly checkpoint-<step> and holds meta.json;
@@ -203,15 +203,18 @@ std::string save_checkpoint(const std::string& output_dir, const TrainingProgres
   }
   group.barrier();
 
-  if (parallel.coords().dp == 0) {
-    std::map<std::string, torch::Tensor> tensors;
-    std::map<std::string, ShardSpec> specs;
-    for (const auto& [name, entry] : state) {
-      tensors[name] = entry.tensor;
-      if (entry.spec) specs[name] = *entry.spec;
-    }
-    write_named_shard((tmp_dir / shard_name(parallel.coords())).string(), tensors, specs);
+  // DP replicas hold equal state, so DP rank 0 writes it, but for the
+  // distributed optimizer's boxes, which each DP rank holds for itself (those
+  // of a tensor replicated over TP: TP rank 0's).
+  std::map<std::string, torch::Tensor> tensors;
+  std::map<std::string, ShardSpec> specs;
+  for (const auto& [name, entry] : state) {
+    const bool box = entry.spec && entry.spec->box();
+    if (box ? entry.spec->dim < 0 && parallel.coords().tp != 0 : parallel.coords().dp != 0) continue;
+    tensors[name] = entry.tensor;
+    if (entry.spec) specs[name] = *entry.spec;
   }
+  if (!tensors.empty()) write_named_shard((tmp_dir / shard_name(parallel.coords())).string(), tensors, specs);
   FaultPlan::from_environment().strike(FaultKind::DieInSave, progress.step, parallel.rank());
   group.barrier();
 
@@ -269,7 +272,7 @@ TrainingProgress load_checkpoint(const std::string& dir, const NamedState& state
   TensorSource source = TensorSource::from_checkpoint(dir);
   if (!source.has("optim/step"))
     throw CheckpointError("checkpoint " + dir + " holds weights only (made by import): start from it with --init-from");
-  for (const auto& [name, entry] : state) source.read_into(name, entry.tensor, entry.spec);
+  for (const auto& [name, entry] : state) source.read_into(tensor_name(name), entry.tensor, entry.spec);
   const nlohmann::json layout = meta.value("layout", nlohmann::json::object());
   const auto size = [&](const char* key) {
     return layout.is_object() && layout.contains(key) ? json_excerpt(layout.at(key)) : std::string("1");
@@ -279,25 +282,12 @@ TrainingProgress load_checkpoint(const std::string& dir, const NamedState& state
 }
 
 std::map<std::string, torch::Tensor> load_full_tensors(const std::string& dir, const std::string& file_prefix) {
-  std::map<std::string, std::vector<std::pair<ShardSpec, torch::Tensor>>> pieces;
-  for (const auto& entry : fs::directory_iterator(dir)) {
-    const std::string name = entry.path().filename().string();
-    if (name.rfind(file_prefix, 0) != 0 || entry.path().extension() != ".safetensors") continue;
-    std::map<std::string, ShardSpec> specs;
-    const std::string prefix = (entry.path().parent_path() / entry.path().stem()).string();
-    for (auto& [key, tensor] : read_named_shard(prefix, &specs)) {
-      auto spec = specs.find(key);
-      if (spec == specs.end()) continue;
-      if (key.rfind(kOptimPrefix, 0) == 0) continue;
-      pieces[key].emplace_back(spec->second, tensor);
-    }
-  }
+  TensorSource source = TensorSource::from_checkpoint(dir, file_prefix);
   std::map<std::string, torch::Tensor> full;
-  for (auto& [key, shards] : pieces) {
-    // Replicated tensors appear once per TP rank; any copy will do.
-    std::string name = key.rfind(kModelPrefix, 0) == 0 ? key.substr(std::strlen(kModelPrefix)) : key;
-    if (!shards.front().first.sharded()) shards.resize(1);
-    full[name] = join_shards(shards);
+  for (const std::string& name : source.names()) {
+    if (name.rfind(kOptimPrefix, 0) == 0) continue;
+    const bool model = name.rfind(kModelPrefix, 0) == 0;
+    full[model ? name.substr(std::strlen(kModelPrefix)) : name] = source.read_full(name);
   }
   return full;
 }

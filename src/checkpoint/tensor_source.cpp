@@ -16,17 +16,28 @@ namespace {
 
 using Box = std::vector<std::pair<int64_t, int64_t>>;  // [begin, end) per dimension, of the full tensor
 
-// What a tensor stored with `shape` covers of the full tensor: all of every
-// dimension but the one it is a shard of, clamped to the full size (a padded
-// vocabulary's extra rows lie past it).
+// What a tensor stored with `shape` covers of the full tensor: a box from
+// its start, or all of every dimension but the one it is a shard of; clamped
+// to the full size (a padded vocabulary's extra rows lie past it).
 Box box_of(const std::vector<int64_t>& shape, const std::optional<ShardSpec>& spec, const std::vector<int64_t>& full) {
   Box box;
   for (size_t d = 0; d < full.size(); ++d) {
-    const int64_t begin = spec && spec->dim == static_cast<int64_t>(d) ? spec->offset : 0;
-    box.emplace_back(begin, std::min(begin + shape[d], full[d]));
+    const int64_t begin = spec && spec->box()                               ? spec->start[d]
+                          : spec && spec->dim == static_cast<int64_t>(d) ? spec->offset
+                                                                            : 0;
+    box.emplace_back(std::min(begin, full[d]), std::min(begin + shape[d], full[d]));
   }
   return box;
 }
+
+bool overlap(const Box& a, const Box& b) {
+  for (size_t d = 0; d < a.size(); ++d)
+    if (std::max(a[d].first, b[d].first) >= std::min(a[d].second, b[d].second)) return false;
+  return true;
+}
+
+// A copy of the whole tensor, which any one piece supplies.
+bool whole(const std::optional<ShardSpec>& spec) { return !spec || (!spec->sharded() && !spec->box()); }
 
 int64_t volume(const Box& box) {
   int64_t n = 1;
@@ -47,16 +58,17 @@ SafetensorsIndex index_of(const fs::path& path) {
 
 }  // namespace
 
-TensorSource TensorSource::from_checkpoint(const std::string& dir) {
+TensorSource TensorSource::from_checkpoint(const std::string& dir, const std::string& file_prefix) {
   TensorSource source;
   source.where_ = "checkpoint " + dir;
   std::vector<fs::path> indexes;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
     const std::string name = entry.path().filename().string();
-    if (name.rfind("shard-", 0) == 0 && entry.path().extension() == ".json") indexes.push_back(entry.path());
+    if (name.rfind(file_prefix, 0) == 0 && entry.path().extension() == ".json") indexes.push_back(entry.path());
   }
-  if (indexes.empty()) throw CheckpointError("checkpoint " + dir + " has no shard files (shard-*.json)");
+  if (indexes.empty())
+    throw CheckpointError("checkpoint " + dir + " has no shard files (" + file_prefix + "*.json)");
   std::sort(indexes.begin(), indexes.end());
   for (const fs::path& json_path : indexes) {
     const nlohmann::json index = read_json_file(json_path.string());
@@ -78,7 +90,7 @@ TensorSource TensorSource::from_checkpoint(const std::string& dir) {
       const size_t dot = name.find('.');
       if (spec == specs.end() && name.rfind("optim/", 0) == 0 && dot != std::string::npos)
         spec = specs.find("model/" + name.substr(dot + 1));
-      source.pieces_[name].push_back(
+      source.pieces_[tensor_name(name)].push_back(
           {source.files_.size(), name, spec == specs.end() ? std::nullopt : std::optional<ShardSpec>(spec->second)});
     }
     source.files_.push_back(std::move(file));
@@ -153,6 +165,13 @@ void TensorSource::check_pieces() const {
     for (const Piece& p : pieces)
       if (name.rfind("model/", 0) == 0 && !c10::isFloatingType(stored(p).dtype))
         refuse("is stored as " + std::string(c10::toString(stored(p).dtype)) + "; weights must be floating point");
+    const bool boxes = pieces.front().spec && pieces.front().spec->box();
+    for (const Piece& p : pieces)
+      if ((p.spec && p.spec->box()) != boxes) refuse("is stored both in boxes and otherwise");
+    if (boxes) {
+      check_boxes(name, pieces);
+      continue;
+    }
     const bool sharded = pieces.front().spec && pieces.front().spec->sharded();
     std::vector<std::pair<int64_t, int64_t>> spans;  // [offset, end) along the shard dimension
     for (const Piece& p : pieces) {
@@ -187,6 +206,33 @@ void TensorSource::check_pieces() const {
       throw CheckpointError(where_ + " lacks part of " + name + ", from index " + std::to_string(end) + " of dimension " +
                             std::to_string(spec.dim) + " on (is a shard file missing?)");
   }
+}
+
+// The distributed optimizer's boxes of one tensor tile it: the same full
+// shape, no two overlapping, together as large as the whole.
+void TensorSource::check_boxes(const std::string& name, const std::vector<Piece>& pieces) const {
+  const auto refuse = [&](const std::string& why) { throw CheckpointError(where_ + ": " + name + " " + why); };
+  const std::vector<int64_t>& full = pieces.front().spec->full_shape;
+  std::vector<Box> boxes;
+  for (const Piece& p : pieces) {
+    const std::vector<int64_t>& shape = files_[p.file].index.entries.at(p.stored_name).shape;
+    if (p.spec->full_shape != full || shape.size() != full.size())
+      refuse("has boxes that disagree on the full shape");
+    const Box box = box_of(shape, p.spec, full);
+    if (volume(box) > 0) boxes.push_back(box);
+  }
+  // Sorted by their first dimension, a box can only overlap those that start before it ends there.
+  std::sort(boxes.begin(), boxes.end());
+  int64_t covered = 0;
+  for (size_t i = 0; i < boxes.size(); ++i) {
+    covered += volume(boxes[i]);
+    for (size_t j = i + 1; j < boxes.size() && boxes[j][0].first < boxes[i][0].second; ++j)
+      if (overlap(boxes[i], boxes[j])) refuse("has boxes that overlap");
+  }
+  int64_t all = 1;
+  for (int64_t n : full) all *= n;
+  if (covered != all)
+    throw CheckpointError(where_ + " lacks part of " + name + " (is a shard file missing?)");
 }
 
 namespace {
@@ -257,7 +303,7 @@ void TensorSource::read_into(const std::string& name, torch::Tensor dest, const 
     }
     to.copy_(from);
     covered += volume(both);
-    if (!piece.spec || !piece.spec->sharded()) break;  // a whole copy: the others are the same
+    if (whole(piece.spec)) break;  // a whole copy: the others are the same
   }
   if (covered != volume(want))
     throw CheckpointError(where_ + " lacks part of " + name + " (is a shard file missing?)");

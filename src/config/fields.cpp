@@ -231,7 +231,14 @@ std::vector<Field> config_fields(Config& c) {
                 p.pipeline_layer_split),
       field_for("dist_timeout", "seconds before the rendezvous, the peer check or a stuck collective fails",
                 p.dist_timeout),
-      field_for("ddp_bucket_mb", "MiB of gradients per data-parallel all-reduce (0: one per tensor)", p.ddp_bucket_mb),
+      field_for("ddp_bucket_mb",
+                "MiB of gradients per data-parallel all-reduce or reduce-scatter (0: one all-reduce per tensor, one "
+                "reduce-scatter in all)",
+                p.ddp_bucket_mb),
+      field_for("use_distributed_optimizer",
+                "shard the fp32 master weights and AdamW state over data-parallel ranks (ZeRO-1): gradients are "
+                "reduce-scattered, weights all-gathered (without DP: no effect)",
+                p.use_distributed_optimizer),
       field_for("master_addr", "rendezvous host (default: MASTER_ADDR)", p.master_addr),
       field_for("master_port", "rendezvous port (default: MASTER_PORT)", p.master_port),
       field_for("data_path", "Megatron indexed datasets: PREFIX ... or WEIGHT PREFIX ... (blended)", c.data.data_path),

@@ -152,6 +152,26 @@ torch::Tensor Communicator::reduce_scatter(const torch::Tensor& tensor) {
   return out;
 }
 
+std::unique_ptr<PendingOp> Communicator::reduce_scatter_async(torch::Tensor& flat, ReduceOp op) {
+  TORCH_CHECK(wire(flat).is_same(flat), name_, ": reduce_scatter_async of a ", flat.scalar_type(),
+              " tensor, which this backend does not send as it is");
+  TORCH_CHECK(flat.dim() == 1 && flat.numel() % size_ == 0, name_, ": reduce_scatter_async of ", flat.numel(),
+              " elements over ", size_, " ranks");
+  const auto start = Clock::now();
+  auto pending = guarded("reduce_scatter", "", [&] { return do_reduce_scatter_async(flat, op); });
+  count("reduce_scatter", flat, seconds_since(start));
+  return std::make_unique<GuardedPendingOp>(std::move(pending), name_ + " reduce_scatter");
+}
+
+std::unique_ptr<PendingOp> Communicator::all_gather_async(torch::Tensor& flat) {
+  TORCH_CHECK(flat.dim() == 1 && flat.numel() % size_ == 0, name_, ": all_gather_async of ", flat.numel(),
+              " elements over ", size_, " ranks");
+  const auto start = Clock::now();
+  auto pending = guarded("all_gather", "", [&] { return do_all_gather_async(flat); });
+  count("all_gather", flat, seconds_since(start));
+  return std::make_unique<GuardedPendingOp>(std::move(pending), name_ + " all_gather");
+}
+
 void Communicator::broadcast(torch::Tensor& tensor, int root) {
   const auto start = Clock::now();
   torch::Tensor sent = wire(tensor);
@@ -230,6 +250,14 @@ std::vector<std::unique_ptr<PendingOp>> Communicator::do_batch_isend_irecv(const
 void Communicator::barrier() {
   stats_["barrier"].calls += 1;
   guarded("barrier", "", [&] { do_barrier(); });
+}
+
+std::unique_ptr<PendingOp> SoloCommunicator::do_reduce_scatter_async(torch::Tensor&, ReduceOp) {
+  return std::make_unique<CompletedOp>();
+}
+
+std::unique_ptr<PendingOp> SoloCommunicator::do_all_gather_async(torch::Tensor&) {
+  return std::make_unique<CompletedOp>();
 }
 
 std::unique_ptr<PendingOp> SoloCommunicator::do_isend(const torch::Tensor&, int dst, int) {

@@ -138,6 +138,22 @@ void NcclCommunicator::do_broadcast(torch::Tensor& tensor, int root) {
   state_->group->broadcast(tensors, options)->wait();
 }
 
+// In place, as NCCL allows when a rank's chunk sits at its rank's offset
+// (Megatron's distributed optimizer does the same).
+std::unique_ptr<PendingOp> NcclCommunicator::do_reduce_scatter_async(torch::Tensor& flat, ReduceOp op) {
+  require_cuda_contiguous(flat, "reduce_scatter");
+  torch::Tensor mine = flat.chunk(size())[rank()];
+  c10d::ReduceScatterOptions options;
+  options.reduceOp = reduce_op(op);
+  return std::make_unique<NcclPendingOp>(state_->group->reduce_scatter_single(mine, flat, options));
+}
+
+std::unique_ptr<PendingOp> NcclCommunicator::do_all_gather_async(torch::Tensor& flat) {
+  require_cuda_contiguous(flat, "all_gather");
+  torch::Tensor mine = flat.chunk(size())[rank()];
+  return std::make_unique<NcclPendingOp>(state_->group->all_gather_single(flat, mine));
+}
+
 // Single transfers are groups of one: every transfer then runs on the
 // group's communicator, in the order posted, as the collectives do (c10d
 // would give a lone send a communicator of its own per pair of ranks).

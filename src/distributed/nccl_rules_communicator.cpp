@@ -174,6 +174,15 @@ void NcclRulesCommunicator::do_broadcast(torch::Tensor& tensor, int root) {
   post([&] { GlooCommunicator::do_broadcast(tensor, root); }).get();
 }
 
+std::unique_ptr<PendingOp> NcclRulesCommunicator::do_reduce_scatter_async(torch::Tensor& flat, ReduceOp op) {
+  return std::make_unique<QueuedOp>(
+      post([this, flat, op]() mutable { GlooCommunicator::do_reduce_scatter_async(flat, op)->wait(); }));
+}
+
+std::unique_ptr<PendingOp> NcclRulesCommunicator::do_all_gather_async(torch::Tensor& flat) {
+  return std::make_unique<QueuedOp>(post([this, flat]() mutable { GlooCommunicator::do_all_gather_async(flat)->wait(); }));
+}
+
 std::unique_ptr<PendingOp> NcclRulesCommunicator::do_isend(const torch::Tensor& tensor, int dst, int tag) {
   return std::make_unique<QueuedOp>(post([this, op = P2POp{P2POp::Send, tensor, dst, tag}] { transfer({op}); }));
 }

@@ -27,26 +27,14 @@ torch::Tensor take_shard(const torch::Tensor& full, const ShardSpec& spec, int64
   return shard;
 }
 
-torch::Tensor join_shards(const std::vector<std::pair<ShardSpec, torch::Tensor>>& shards) {
-  TORCH_CHECK(!shards.empty(), "join_shards: no shards");
-  const ShardSpec& first = shards.front().first;
-  if (!first.sharded()) return shards.front().second.clone();
-  auto ordered = shards;
-  std::sort(ordered.begin(), ordered.end(), [](const auto& a, const auto& b) { return a.first.offset < b.first.offset; });
-  std::vector<torch::Tensor> pieces;
-  int64_t expected = 0;
-  for (const auto& [spec, tensor] : ordered) {
-    TORCH_CHECK(spec.offset == expected, "join_shards: shard at offset ", spec.offset, " but ", expected, " expected");
-    pieces.push_back(tensor);
-    expected += tensor.size(spec.dim);
-  }
-  const int64_t full = first.full_shape[first.dim];
-  TORCH_CHECK(expected >= full, "join_shards: shards cover ", expected, " of ", full, " rows");
-  return torch::cat(pieces, first.dim).narrow(first.dim, 0, full).clone();
-}
+std::string box_name(const std::string& name, int64_t first) { return name + "@" + std::to_string(first); }
+
+std::string tensor_name(const std::string& stored) { return stored.substr(0, stored.find('@')); }
 
 nlohmann::json to_json(const ShardSpec& spec) {
-  return {{"dim", spec.dim}, {"full_shape", spec.full_shape}, {"offset", spec.offset}};
+  nlohmann::json json = {{"dim", spec.dim}, {"full_shape", spec.full_shape}, {"offset", spec.offset}};
+  if (spec.box()) json["start"] = spec.start;
+  return json;
 }
 
 ShardSpec shard_spec_from_json(const nlohmann::json& json) {
@@ -60,6 +48,14 @@ ShardSpec shard_spec_from_json(const nlohmann::json& json) {
   spec.dim = json_integer(json, "dim", -1, static_cast<int64_t>(full.size()) - 1, "shard spec");
   // A padded dimension's last shards may start past its end.
   spec.offset = json_integer(json, "offset", 0, spec.sharded() ? kMaxLength : 0, "shard spec");
+  if (json.contains("start")) {
+    const nlohmann::json& start = json.at("start");
+    if (!start.is_array() || start.size() != full.size())
+      throw JsonInputError("start must list one index per dimension of full_shape, got " + json_excerpt(start));
+    // A box may start in a padded vocabulary's extra rows, past the end.
+    for (size_t d = 0; d < start.size(); ++d)
+      spec.start.push_back(whole_number(start[d], "start", 0, kMaxLength, "shard spec"));
+  }
   return spec;
 }
 

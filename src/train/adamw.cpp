@@ -16,8 +16,14 @@ float* floats(const torch::Tensor& t, const char* what) {
 
 }  // namespace
 
-AdamW::AdamW(std::vector<torch::Tensor> parameters, AdamWOptions options) : options_(options) {
-  for (auto& p : parameters) slots_.push_back({p, torch::zeros_like(p), torch::zeros_like(p), p.dim() >= 2});
+AdamW::AdamW(std::vector<torch::Tensor> parameters, AdamWOptions options, std::vector<bool> decay)
+    : options_(options) {
+  TORCH_CHECK(decay.empty() || decay.size() == parameters.size(), "AdamW: ", decay.size(), " decay flags for ",
+              parameters.size(), " parameters");
+  for (size_t i = 0; i < parameters.size(); ++i) {
+    const torch::Tensor& p = parameters[i];
+    slots_.push_back({p, torch::zeros_like(p), torch::zeros_like(p), decay.empty() ? p.dim() >= 2 : decay[i]});
+  }
 }
 
 void AdamW::step(double lr, const std::vector<torch::Tensor>& grads, double grad_scale) {

@@ -12,7 +12,7 @@ constexpr int64_t kGrain = 1 << 15;
 }  // namespace
 
 double global_grad_norm(const std::vector<torch::Tensor>& grads, const std::vector<bool>& counted, Communicator& tp,
-                        Communicator& pp) {
+                        Communicator& pp, Communicator* dp) {
   torch::NoGradGuard no_grad;
   double total = 0.0;
   std::vector<torch::Tensor> on_device;
@@ -42,6 +42,7 @@ double global_grad_norm(const std::vector<torch::Tensor>& grads, const std::vect
   if (!on_device.empty()) sum_sq.add_(torch::stack(at::_foreach_norm(on_device)).to(torch::kDouble).pow(2).sum());
   tp.all_reduce(sum_sq, ReduceOp::Sum);
   pp.all_reduce(sum_sq, ReduceOp::Sum);
+  if (dp) dp->all_reduce(sum_sq, ReduceOp::Sum);
   return std::sqrt(sum_sq.item<double>());
 }
 

@@ -8,24 +8,43 @@
 
 #include <cuda_runtime_api.h>
 
+#include "minipretrain/parallel/grad_sync.h"
+
 namespace minipretrain {
 
-MainParams::MainParams(std::vector<std::pair<std::string, torch::Tensor>> parameters, torch::ScalarType dtype)
+MainParams::MainParams(std::vector<std::pair<std::string, torch::Tensor>> parameters, torch::ScalarType dtype,
+                       int64_t shards, const std::function<void(size_t, const torch::Tensor&)>& see_fp32)
     : dtype_(dtype) {
   torch::NoGradGuard no_grad;
   int64_t total = 0;
+  std::vector<int64_t> sizes;
   for (auto it = parameters.rbegin(); it != parameters.rend(); ++it) {
     Entry e{it->first, it->second, it->second, torch::Tensor(), total, true};
     total += e.model.numel();
+    sizes.push_back(e.model.numel());
     entries_.push_back(e);
   }
-  flat_grad_ = torch::zeros({total}, parameters.front().second.options().dtype(torch::kFloat));
+  const torch::TensorOptions options = parameters.front().second.options();
+  const int64_t length = GradientBuckets::padded_length(sizes, shards);
+  if (shards > 1) {
+    flat_model_ = torch::empty({length}, options.dtype(dtype_));
+    flat_model_.narrow(0, total, length - total).zero_();
+    for (size_t i = 0; i < entries_.size(); ++i) {
+      Entry& e = entries_[i];
+      if (see_fp32) see_fp32(i, e.model);
+      torch::Tensor view = flat_model_.narrow(0, e.offset, e.model.numel()).view_as(e.model);
+      view.copy_(e.model);
+      e.model.set_data(view);
+      e.master = dtype_ == torch::kFloat ? e.model : torch::Tensor();
+    }
+  }
+  flat_grad_ = torch::zeros({length}, options.dtype(torch::kFloat));
   for (size_t i = 0; i < entries_.size(); ++i) {
     Entry& e = entries_[i];
     e.grad = flat_grad_.narrow(0, e.offset, e.model.numel()).view_as(e.model);
     if (dtype_ == torch::kFloat) {
       e.model.mutable_grad() = e.grad;  // autograd adds into it in place
-    } else {
+    } else if (shards == 1) {
       e.master = e.model.detach().clone();
       e.model.set_data(e.model.to(dtype_));
     }
@@ -76,7 +95,7 @@ void MainParams::finish_accumulation() {
 }
 
 void MainParams::copy_to_model() {
-  if (dtype_ == torch::kFloat) return;
+  if (dtype_ == torch::kFloat || flat_model_.defined()) return;
   torch::NoGradGuard no_grad;
   for (Entry& e : entries_) e.model.copy_(e.master);
 }

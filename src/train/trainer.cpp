@@ -35,23 +35,47 @@ Trainer::Trainer(Config config, ParallelState& parallel, torch::Device device)
   spdlog::debug("start-up: model built and drawn in {:.2f} s", seconds_since(start));
 
   std::vector<std::pair<std::string, torch::Tensor>> parameters;
-  for (const auto& p : stage_->named_parameters()) parameters.emplace_back(p.key(), p.value());
-  main_ = std::make_unique<MainParams>(parameters, resolve_precision(config_.train.precision, device_));
+  std::vector<std::vector<int64_t>> shapes;  // in buffer order: the parameters reversed (main_params.h)
+  for (const auto& p : stage_->named_parameters()) {
+    parameters.emplace_back(p.key(), p.value());
+    shapes.insert(shapes.begin(), p.value().sizes().vec());
+  }
+  const torch::ScalarType dtype = resolve_precision(config_.train.precision, device_);
+  // Without DP there is nothing to shard: the distributed optimizer is then the usual one.
+  const int64_t shards = config_.parallel.use_distributed_optimizer ? layout.dp : 1;
+  if (config_.parallel.use_distributed_optimizer && shards == 1 && parallel_.is_logging_rank())
+    spdlog::info("--use-distributed-optimizer has no effect without data parallelism");
+  const int64_t bucket_bytes = config_.parallel.ddp_bucket_mb << 20;
+  AdamWOptions options;
+  options.weight_decay = config_.train.weight_decay;
+  std::vector<int64_t> sizes;
+  for (const auto& shape : shapes) sizes.push_back(c10::multiply_integers(shape));
+  if (shards > 1)
+    sharded_ = std::make_unique<ShardedOptimizer>(
+        shapes, GradientBuckets::sharded_ranges(GradientBuckets::padded_length(sizes, shards), bucket_bytes, shards),
+        parallel_.coords().dp, shards, dtype, options);
+  main_ = std::make_unique<MainParams>(parameters, dtype, shards, [this](size_t i, const torch::Tensor& weight) {
+    if (sharded_) sharded_->see_fp32(i, weight);
+  });
+  parameters.clear();
   std::map<std::string, bool> sharded;
   for (const auto& [name, slot] : stage_->tensors()) sharded[slot.parameter] = slot.spec.sharded();
   std::vector<torch::Tensor> masters;
-  std::vector<int64_t> sizes;
   for (const MainParams::Entry& e : main_->entries()) {
     entry_of_[e.name] = masters.size();
     masters.push_back(e.master);
     grads_.push_back(e.grad);
-    sizes.push_back(e.grad.numel());
     counted_in_norm_.push_back(sharded.at(e.name) || parallel_.coords().tp == 0);
   }
-  AdamWOptions options;
-  options.weight_decay = config_.train.weight_decay;
-  optimizer_ = std::make_unique<AdamW>(masters, options);
-  buckets_ = std::make_unique<GradientBuckets>(main_->flat_grad(), sizes, config_.parallel.ddp_bucket_mb << 20);
+  buckets_ = std::make_unique<GradientBuckets>(main_->flat_grad(), sizes, bucket_bytes, shards);
+  if (sharded_) {
+    sharded_->attach(main_->flat_model(), main_->flat_grad());
+    sharded_->gradient_pieces(counted_in_norm_, norm_grads_, norm_counted_);
+  } else {
+    optimizer_ = std::make_unique<AdamW>(masters, options);
+    norm_grads_ = grads_;
+    norm_counted_ = counted_in_norm_;
+  }
   spdlog::debug("start-up: gradient buffer and optimizer state after {:.2f} s", seconds_since(start));
 
   data_ = make_datasets(config_);
@@ -106,9 +130,11 @@ StepStats Trainer::step(int64_t step, Clock::time_point deadline) {
   const Stopwatch dp_time(device_);
   buckets_->finish(parallel_.dp());  // what the overlap did not hide
   const double dp_seconds = dp_time.seconds();
+  if (sharded_ && on_gradients && !config_.train.dump_first_step.empty()) sharded_->gather_gradients(parallel_.dp());
   if (on_gradients) on_gradients(step);
   const Stopwatch optimizer_time(device_);
-  const double grad_norm = global_grad_norm(grads_, counted_in_norm_, parallel_.tp(), parallel_.pp());
+  const double grad_norm = global_grad_norm(norm_grads_, norm_counted_, parallel_.tp(), parallel_.pp(),
+                                            sharded_ ? &parallel_.dp() : nullptr);
   const Boundary boundary = agree_at_boundary(result.loss, grad_norm, Clock::now() >= deadline);
   const double lr = schedule_.at(step);
   if (boundary.non_finite) {
@@ -116,8 +142,13 @@ StepStats Trainer::step(int64_t step, Clock::time_point deadline) {
   } else {
     skipped_in_a_row_ = 0;
     if (before_update) before_update();
-    optimizer_->step(lr, grads_, clip_factor(grad_norm, config_.train.grad_clip));
-    main_->copy_to_model();
+    const double scale = clip_factor(grad_norm, config_.train.grad_clip);
+    if (sharded_) {
+      sharded_->step(lr, scale, parallel_.dp());
+    } else {
+      optimizer_->step(lr, grads_, scale);
+      main_->copy_to_model();
+    }
   }
   const double optimizer_seconds = optimizer_time.seconds();
 
@@ -178,16 +209,26 @@ NamedState Trainer::state() {
   NamedState state;
   for (const auto& [name, slot] : stage_->tensors()) {
     const size_t i = entry_of_.at(slot.parameter);
-    state["model/" + name] = {slot.of(main_->entries()[i].master), slot.spec};
+    const torch::Tensor& master = main_->entries()[i].master;
+    if (master.defined()) state["model/" + name] = {slot.of(master), slot.spec};
+    if (sharded_) {
+      sharded_->add_state(state, name, i, slot.row, slot.rows, slot.spec);
+      continue;
+    }
     state["optim/exp_avg." + name] = {slot.of(optimizer_->exp_avg(i)), slot.spec};
     state["optim/exp_avg_sq." + name] = {slot.of(optimizer_->exp_avg_sq(i)), slot.spec};
   }
-  step_count_.fill_(optimizer_->steps_taken());
+  step_count_.fill_(sharded_ ? sharded_->steps_taken() : optimizer_->steps_taken());
   state["optim/step"] = {step_count_, std::nullopt};
   return state;
 }
 
 void Trainer::loaded() {
+  if (sharded_) {
+    sharded_->set_steps_taken(step_count_.item<int64_t>());
+    sharded_->publish(parallel_.dp());
+    return;
+  }
   optimizer_->set_steps_taken(step_count_.item<int64_t>());
   main_->copy_to_model();
 }
@@ -195,8 +236,9 @@ void Trainer::loaded() {
 // Skipped steps leave the weights as they were, so this only fails when an
 // update itself overflowed.
 int64_t Trainer::ranks_with_non_finite_weights() {
-  bool finite = true;
-  for (const MainParams::Entry& e : main_->entries()) finite = finite && torch::isfinite(e.master).all().item<bool>();
+  bool finite = !sharded_ || sharded_->masters_finite();
+  for (const MainParams::Entry& e : main_->entries())
+    finite = finite && (!e.master.defined() || torch::isfinite(e.master).all().item<bool>());
   return static_cast<int64_t>(parallel_.world().all_reduce({finite ? 0.0 : 1.0})[0]);
 }
 

@@ -4,7 +4,10 @@
 //                           the fp32 weights ("model/<name>") and optimizer state
 //                           ("optim/exp_avg.<name>", ...)
 //   shard-tp0-pp0.json      each tensor's ShardSpec, the file's size and XXH3 hash
-// DP replicas hold equal state, so only DP rank 0 writes. Everything is written
+//   shard-tp0-pp0-dp1.*     with --use-distributed-optimizer: DP rank 1's boxes
+//                           of the optimizer state ("optim/exp_avg.<name>@<k>")
+// DP replicas hold equal state, so only DP rank 0 writes, but for the boxes
+// of the distributed optimizer, which each DP rank owns. Everything is written
 // under checkpoint-...tmp, flushed to disk (fsync, files then directory), and
 // renamed once every shard is there, meta.json last: a kill -9 at any moment
 // of a save leaves the previous checkpoints as they were, and the .tmp is

@@ -21,9 +21,10 @@ namespace minipretrain {
 
 class TensorSource {
  public:
-  // Every shard-*.safetensors of a checkpoint directory, with the specs of
-  // its .json; each file's hash is checked before its first tensor is used.
-  static TensorSource from_checkpoint(const std::string& dir);
+  // Every <file_prefix>*.safetensors of a checkpoint directory (or of a
+  // --dump-first-step directory), with the specs of its .json; each file's
+  // hash is checked before its first tensor is used.
+  static TensorSource from_checkpoint(const std::string& dir, const std::string& file_prefix = "shard-");
   // model.safetensors, or the files model.safetensors.index.json names;
   // tensor names get `prefix` in front ("model/", as our checkpoints name them).
   static TensorSource from_hugging_face(const std::string& dir, const std::string& prefix);
@@ -55,6 +56,7 @@ class TensorSource {
   // Every tensor's pieces fit together exactly (see the .cpp); throws
   // CheckpointError naming the tensor otherwise.
   void check_pieces() const;
+  void check_boxes(const std::string& name, const std::vector<Piece>& pieces) const;
 
   std::string where_;  // the directory, for messages
   std::vector<File> files_;

@@ -76,6 +76,7 @@ struct ParallelConfig {
   std::vector<int64_t> pipeline_layer_split;
   int64_t dist_timeout = 600;  // seconds
   int64_t ddp_bucket_mb = 25;  // DP gradient all-reduce bucket size; 0: one per tensor
+  bool use_distributed_optimizer = false;  // ZeRO-1: master weights and AdamW state sharded over DP
   std::string master_addr;     // empty: MASTER_ADDR from the environment
   int64_t master_port = 0;     // 0: MASTER_PORT from the environment
 };

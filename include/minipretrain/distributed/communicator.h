@@ -77,6 +77,14 @@ class Communicator {
   // Sums `tensor` over the group and returns this rank's 1/size chunk of dim 0.
   torch::Tensor reduce_scatter(const torch::Tensor& tensor);
   void broadcast(torch::Tensor& tensor, int root);
+  // The distributed optimizer's collectives, in place on a 1-D buffer whose
+  // length divides by the group's size, chunk r being rank r's:
+  // reduce_scatter_async leaves the sum (or mean) of every rank's chunk r in
+  // rank r's (the rest of `flat` is undefined after it); all_gather_async
+  // fills each chunk with its rank's. Counted by the whole buffer, as
+  // nccl-tests size them; a gather sends bf16 as it is (it adds nothing).
+  std::unique_ptr<PendingOp> reduce_scatter_async(torch::Tensor& flat, ReduceOp op);
+  std::unique_ptr<PendingOp> all_gather_async(torch::Tensor& flat);
   std::unique_ptr<PendingOp> isend(const torch::Tensor& tensor, int dst, int tag);
   // `tensor` holds the data after wait(); until then it must stay untouched.
   std::unique_ptr<PendingOp> irecv(const torch::Tensor& tensor, int src, int tag);
@@ -108,6 +116,8 @@ class Communicator {
   virtual torch::Tensor do_all_gather(const torch::Tensor& tensor, int64_t dim) = 0;
   virtual torch::Tensor do_reduce_scatter(const torch::Tensor& tensor) = 0;
   virtual void do_broadcast(torch::Tensor& tensor, int root) = 0;
+  virtual std::unique_ptr<PendingOp> do_reduce_scatter_async(torch::Tensor& flat, ReduceOp op) = 0;
+  virtual std::unique_ptr<PendingOp> do_all_gather_async(torch::Tensor& flat) = 0;
   virtual std::unique_ptr<PendingOp> do_isend(const torch::Tensor& tensor, int dst, int tag) = 0;
   virtual std::unique_ptr<PendingOp> do_irecv(torch::Tensor& tensor, int src, int tag) = 0;
   // Backends whose transfers progress on their own (Gloo) post each alone.
@@ -149,6 +159,8 @@ class SoloCommunicator : public Communicator {
   torch::Tensor do_all_gather(const torch::Tensor& t, int64_t) override { return t; }
   torch::Tensor do_reduce_scatter(const torch::Tensor& t) override { return t; }
   void do_broadcast(torch::Tensor&, int) override {}
+  std::unique_ptr<PendingOp> do_reduce_scatter_async(torch::Tensor&, ReduceOp) override;
+  std::unique_ptr<PendingOp> do_all_gather_async(torch::Tensor&) override;
   std::unique_ptr<PendingOp> do_isend(const torch::Tensor&, int, int) override;
   std::unique_ptr<PendingOp> do_irecv(torch::Tensor&, int, int) override;
   void do_barrier() override {}
@@ -167,6 +179,8 @@ class ShapeOnlyCommunicator : public Communicator {
   torch::Tensor do_all_gather(const torch::Tensor&, int64_t) override { refuse(); }
   torch::Tensor do_reduce_scatter(const torch::Tensor&) override { refuse(); }
   void do_broadcast(torch::Tensor&, int) override { refuse(); }
+  std::unique_ptr<PendingOp> do_reduce_scatter_async(torch::Tensor&, ReduceOp) override { refuse(); }
+  std::unique_ptr<PendingOp> do_all_gather_async(torch::Tensor&) override { refuse(); }
   std::unique_ptr<PendingOp> do_isend(const torch::Tensor&, int, int) override { refuse(); }
   std::unique_ptr<PendingOp> do_irecv(torch::Tensor&, int, int) override { refuse(); }
   void do_barrier() override { refuse(); }

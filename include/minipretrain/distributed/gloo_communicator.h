@@ -1,7 +1,8 @@
 // Communicator over c10d::ProcessGroupGloo, for CPU tensors. Gloo has no AVG
 // reduction: AVG is a SUM then a division. reduce_scatter is an all-reduce
-// followed by taking this rank's chunk (written when Gloo had none; its own
-// reduce_scatter is for the distributed optimizer to adopt).
+// followed by taking this rank's chunk (written when Gloo had none); the
+// distributed optimizer's in-place pair uses Gloo's own reduce_scatter and
+// all_gather.
 #pragma once
 
 #include <chrono>
@@ -29,6 +30,8 @@ class GlooCommunicator : public Communicator {
   torch::Tensor do_all_gather(const torch::Tensor& tensor, int64_t dim) override;
   torch::Tensor do_reduce_scatter(const torch::Tensor& tensor) override;
   void do_broadcast(torch::Tensor& tensor, int root) override;
+  std::unique_ptr<PendingOp> do_reduce_scatter_async(torch::Tensor& flat, ReduceOp op) override;
+  std::unique_ptr<PendingOp> do_all_gather_async(torch::Tensor& flat) override;
   std::unique_ptr<PendingOp> do_isend(const torch::Tensor& tensor, int dst, int tag) override;
   std::unique_ptr<PendingOp> do_irecv(torch::Tensor& tensor, int src, int tag) override;
   void do_barrier() override;

@@ -37,6 +37,8 @@ class NcclRulesCommunicator : public GlooCommunicator {
   torch::Tensor do_all_gather(const torch::Tensor& tensor, int64_t dim) override;
   torch::Tensor do_reduce_scatter(const torch::Tensor& tensor) override;
   void do_broadcast(torch::Tensor& tensor, int root) override;
+  std::unique_ptr<PendingOp> do_reduce_scatter_async(torch::Tensor& flat, ReduceOp op) override;
+  std::unique_ptr<PendingOp> do_all_gather_async(torch::Tensor& flat) override;
   std::unique_ptr<PendingOp> do_isend(const torch::Tensor& tensor, int dst, int tag) override;
   std::unique_ptr<PendingOp> do_irecv(torch::Tensor& tensor, int src, int tag) override;
   std::vector<std::unique_ptr<PendingOp>> do_batch_isend_irecv(const std::vector<P2POp>& ops) override;

@@ -25,8 +25,9 @@ struct AdamWOptions {
 class AdamW {
  public:
   // fp32 contiguous parameters (the master weights). Decay applies to those of
-  // rank >= 2 (weights), not to norm vectors.
-  AdamW(std::vector<torch::Tensor> parameters, AdamWOptions options);
+  // rank >= 2 (weights), not to norm vectors; or where `decay` says, when
+  // given (the distributed optimizer's flat pieces of either).
+  AdamW(std::vector<torch::Tensor> parameters, AdamWOptions options, std::vector<bool> decay = {});
 
   // grads[i] belongs to parameters[i]; each is multiplied by `grad_scale`
   // on the way in (gradient clipping costs no pass of its own).

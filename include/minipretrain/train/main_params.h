@@ -14,6 +14,13 @@
 // all-reduce of its bucket can start while backward goes on. The buffer
 // holds the parameters in reverse order (the order backward finishes them),
 // so DP buckets are contiguous ranges of it.
+//
+// For the distributed optimizer (train/sharded_optimizer.h) the parameters
+// themselves live in one flat buffer laid out like the gradients', which its
+// all-gather fills, and the fp32 masters of bf16 are not kept here: each
+// weight is shown in fp32 to the optimizer, which keeps its part, before it
+// is cast. The cast happens weight by weight and the gradient buffer comes
+// after, so that building it never holds more than the run itself will.
 #pragma once
 
 #include <functional>
@@ -32,7 +39,7 @@ class MainParams {
   struct Entry {
     std::string name;
     torch::Tensor model;   // what forward uses (bf16 or fp32)
-    torch::Tensor master;  // fp32; the same tensor as `model` in fp32
+    torch::Tensor master;  // fp32; the same tensor as `model` in fp32; none for the distributed optimizer in bf16
     torch::Tensor grad;    // fp32 view into the flat buffer
     int64_t offset = 0;    // of `grad` in the flat buffer
     bool fresh = true;     // bf16: nothing accumulated since zero_grad
@@ -40,7 +47,10 @@ class MainParams {
   };
 
   // `parameters` are the model's, still fp32; with bf16 they are cast here.
-  MainParams(std::vector<std::pair<std::string, torch::Tensor>> parameters, torch::ScalarType compute_dtype);
+  // `shards` > 1: for the distributed optimizer over that many DP ranks;
+  // `see_fp32(i, weight)` then sees entry i's weight before its cast.
+  MainParams(std::vector<std::pair<std::string, torch::Tensor>> parameters, torch::ScalarType compute_dtype,
+             int64_t shards = 1, const std::function<void(size_t, const torch::Tensor&)>& see_fp32 = {});
   MainParams(const MainParams&) = delete;  // the hooks hold `this`
   MainParams& operator=(const MainParams&) = delete;
 
@@ -57,6 +67,8 @@ class MainParams {
   std::vector<Entry>& entries() { return entries_; }
   const std::vector<Entry>& entries() const { return entries_; }
   torch::Tensor flat_grad() const { return flat_grad_; }
+  // The parameters as one buffer (distributed optimizer only).
+  torch::Tensor flat_model() const { return flat_model_; }
   torch::ScalarType compute_dtype() const { return dtype_; }
 
  private:
@@ -65,6 +77,7 @@ class MainParams {
 
   std::vector<Entry> entries_;
   torch::Tensor flat_grad_;
+  torch::Tensor flat_model_;
   torch::ScalarType dtype_;
   int64_t backwards_ = 1;
   // The parameters' gradient accumulators, which hold the hooks: autograd

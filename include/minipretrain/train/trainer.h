@@ -25,6 +25,7 @@
 #include "minipretrain/train/adamw.h"
 #include "minipretrain/train/lr_schedule.h"
 #include "minipretrain/train/main_params.h"
+#include "minipretrain/train/sharded_optimizer.h"
 
 namespace minipretrain {
 
@@ -97,9 +98,12 @@ class Trainer {
   torch::Device device_;
   Stage stage_{nullptr};
   std::unique_ptr<MainParams> main_;
-  std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<AdamW> optimizer_;              // all of this rank's weights, or
+  std::unique_ptr<ShardedOptimizer> sharded_;     // its DP share (--use-distributed-optimizer)
   std::vector<torch::Tensor> grads_;        // main_'s fp32 gradients, in its order
   std::vector<bool> counted_in_norm_;       // false: a replicated tensor on a TP rank other than 0
+  std::vector<torch::Tensor> norm_grads_;   // what this rank adds to the gradient norm: grads_, or its pieces
+  std::vector<bool> norm_counted_;
   std::map<std::string, size_t> entry_of_;  // parameter name -> index in main_
   LRSchedule schedule_;
   Datasets data_;
