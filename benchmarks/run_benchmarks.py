@@ -134,7 +134,7 @@ def flops_per_token(hidden=768, layers=12, vocab=32000, inter=3072, seq=512):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--build", default=os.path.join(ROOT, "build"))
-    parser.add_argument("--only", nargs="*", help="gemm small eager recompute pipeline dp startup")
+    parser.add_argument("--only", nargs="*", help="gemm small eager recompute pipeline dp startup zero")
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"],
                         help="of the recompute and dp runs (the pipeline runs are fp32); fp32 where the CPU emulates bf16")
     parser.add_argument("--python", default=os.path.join(ROOT, os.environ.get("MINIPRETRAIN_VENV", ".venv"), "bin",
@@ -246,6 +246,30 @@ def main():
         print(f"XL TP 4 x PP 4, 2 threads: a rank builds and draws its share in {min(draws):.2f}-{max(draws):.2f} s "
               f"(median {statistics.median(draws):.2f}), its gradient buffer and AdamW state in "
               f"{min(states):.2f}-{max(states):.2f} s; {lines[-2]}; {lines[-1]}")
+
+    if wanted("zero"):
+        # The distributed optimizer's memory: DP 4 on a 60M-parameter model,
+        # rank 0's peak RSS with and without it against the saving it should
+        # make (of this rank's 1/DP share: fp32 the two moments, 8 x 3/4 bytes a
+        # parameter; bf16 the masters too, 12 x 3/4) and against plan's figure.
+        model = ["--hidden-size", "512", "--intermediate-size", "1536", "--num-layers", "8", "--num-attention-heads",
+                 "8", "--vocab-size", "32000", "--max-seq-length", "64", "--num-train-samples", "64",
+                 "--micro-batch-size", "1", "--global-batch-size", "4", "--max-steps", "2"]
+        for precision, saved_bytes in (("fp32", 6), ("bf16", 9)):
+            rss, planned = {}, {}
+            for zero in (False, True):
+                args = model + ["--precision", precision] + (["--use-distributed-optimizer"] if zero else [])
+                log = ranks(binary, 4, os.path.join(work, f"zero_{precision}_{zero}"), args, 1)[0]
+                rss[zero] = peak_rss_gb(log)
+                planned[zero] = float(re.search(r"Memory estimate: ([0-9.]+) GB", log).group(1))
+                params = float(re.search(r"Model: ([0-9.]+)M parameters", log).group(1)) * 1e6
+            predicted = saved_bytes * params / 1e9
+            measured = rss[False] - rss[True]
+            print(f"ZeRO-1 DP 4, {params / 1e6:.1f}M parameters, {precision}, 1 thread per rank: rank 0 peak RSS "
+                  f"{rss[False]:.2f} GB without, {rss[True]:.2f} GB with --use-distributed-optimizer: saves "
+                  f"{measured:.3f} GB, predicted {predicted:.3f} GB ({100 * (measured - predicted) / predicted:+.1f}%); "
+                  f"plan {planned[True]:.2f} GB with it ({100 * (planned[True] - rss[True]) / rss[True]:+.1f}% of "
+                  f"measured), {planned[False]:.2f} GB without")
 
     if wanted("dp"):
         # One bucket of everything cannot start before backward ends: the

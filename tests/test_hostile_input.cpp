@@ -139,6 +139,41 @@ TEST(HostileInput, ShardsMustTileTheirTensorExactly) {
   }
 }
 
+// The distributed optimizer's boxes: the rest of row 0 and rows 1..3 of a
+// [4, 2] tensor from one DP rank, row 0's start from the other; then boxes
+// edited to overlap, to leave a hole, or to stand beside a TP shard.
+TEST(HostileInput, BoxesMustTileTheirTensorExactly) {
+  const torch::Tensor full = torch::arange(8, torch::kFloat).view({4, 2});
+  const auto write_boxes = [&](const std::string& dir, std::vector<int64_t> second_start, int64_t second_rows) {
+    fs::create_directories(dir);
+    ShardSpec first{0, {4, 2}, 0, {0, 0}}, second{0, {4, 2}, 0, second_start};
+    write_named_shard(dir + "/shard-tp0-pp0", {{"model/w@0", full.narrow(0, 0, 1).narrow(1, 0, 1)}},
+                      {{"model/w@0", first}});
+    write_named_shard(dir + "/shard-tp0-pp0-dp1",
+                      {{"model/w@1", full.narrow(0, 0, 1).narrow(1, 1, 1)},
+                       {"model/w@2", full.narrow(0, 1, second_rows).contiguous()}},
+                      {{"model/w@1", {0, {4, 2}, 0, {0, 1}}}, {"model/w@2", second}});
+  };
+  const std::string base = test::fresh_dir("hostile_boxes");
+  write_boxes(base + "/good", {1, 0}, 3);
+  TensorSource good = TensorSource::from_checkpoint(base + "/good");
+  EXPECT_TRUE(torch::equal(good.read_full("model/w"), full));
+  torch::Tensor row = torch::empty({1, 2});
+  good.read_into("model/w", row, ShardSpec{0, {4, 2}, 0, {2, 0}});  // a box read into
+  EXPECT_TRUE(torch::equal(row, full.narrow(0, 2, 1)));
+
+  write_boxes(base + "/overlap", {0, 0}, 3);
+  EXPECT_MENTIONS(error_of<CheckpointError>([&] { TensorSource::from_checkpoint(base + "/overlap"); }),
+                  "model/w has boxes that overlap");
+  write_boxes(base + "/hole", {1, 0}, 2);
+  EXPECT_MENTIONS(error_of<CheckpointError>([&] { TensorSource::from_checkpoint(base + "/hole"); }),
+                  "lacks part of model/w");
+  write_boxes(base + "/mixed", {1, 0}, 3);
+  write_named_shard(base + "/mixed/shard-tp1-pp0", {{"model/w", full}}, {{"model/w", {-1, {4, 2}, 0}}});
+  EXPECT_MENTIONS(error_of<CheckpointError>([&] { TensorSource::from_checkpoint(base + "/mixed"); }),
+                  "model/w is stored both in boxes and otherwise");
+}
+
 TEST(HostileInput, SafetensorsShapesThatOverflowAreRefused) {
   const std::string path = test::fresh_dir("hostile_st") + "/a.safetensors";
   const std::string header = R"({"a": {"dtype": "F32", "shape": [4294967296, 4294967296, 16], "data_offsets": [0, 0]}})";

@@ -53,7 +53,7 @@ struct MeasuredRun {
 
 }  // namespace
 
-// Seven CPU runs of different layouts, precisions, schedules and recompute:
+// Eight CPU runs of different layouts, precisions, schedules and recompute:
 // rank 0's counters equal the prediction for its stage byte for byte, and its
 // peak RSS is the prediction within 15%. Runs one at a time (RSS under
 // contention from a sibling test would not move, but time would).
@@ -70,6 +70,7 @@ TEST(Plan, PredictionsMatchMeasuredRuns) {
        {"--precision", "fp32", "--pipeline-parallel-size", "2", "--pipeline-schedule", "1f1b", "--recompute", "full",
         "--vocab-size", "32000"}},
       {"dp2_bf16", 2, {"--precision", "bf16"}},
+      {"dp2_bf16_distributed_optimizer", 2, {"--precision", "bf16", "--use-distributed-optimizer"}},
   };
   for (const MeasuredRun& run : runs) {
     SCOPED_TRACE(run.name);

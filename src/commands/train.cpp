@@ -123,8 +123,11 @@ void log_banner(const Config& config, const ParallelState& parallel, const Train
                n.total() / 1e6, config.model.num_layers, config.model.hidden_size, config.model.intermediate_size,
                config.model.num_attention_heads, config.model.kv_heads(), config.model.vocab_size,
                config.model.max_seq_length);
-  spdlog::info("  World size: {} | Data parallel: {} | Tensor parallel: {} | Pipeline parallel: {} | {} threads per process",
-               layout.world(), layout.dp, layout.tp, layout.pp, threads);
+  spdlog::info("  World size: {} | Data parallel: {}{} | Tensor parallel: {} | Pipeline parallel: {} | {} threads per "
+               "process",
+               layout.world(), layout.dp,
+               config.parallel.use_distributed_optimizer && layout.dp > 1 ? " (distributed optimizer)" : "", layout.tp,
+               layout.pp, threads);
   spdlog::info("  Micro batch size: {} | Microbatches: {} | Global batch size: {} ({} tokens per step)",
                config.train.micro_batch_size, config.microbatches(), config.global_batch(),
                config.global_batch() * config.model.max_seq_length);

@@ -158,9 +158,10 @@ std::unique_ptr<PendingOp> Communicator::reduce_scatter_async(torch::Tensor& fla
   TORCH_CHECK(flat.dim() == 1 && flat.numel() % size_ == 0, name_, ": reduce_scatter_async of ", flat.numel(),
               " elements over ", size_, " ranks");
   const auto start = Clock::now();
-  auto pending = guarded("reduce_scatter", "", [&] { return do_reduce_scatter_async(flat, op); });
-  count("reduce_scatter", flat, seconds_since(start));
-  return std::make_unique<GuardedPendingOp>(std::move(pending), name_ + " reduce_scatter");
+  const char* name = has_reduce_scatter() ? "reduce_scatter" : "all_reduce";
+  auto pending = guarded(name, "", [&] { return do_reduce_scatter_async(flat, op); });
+  count(name, flat, seconds_since(start));
+  return std::make_unique<GuardedPendingOp>(std::move(pending), name_ + " " + name);
 }
 
 std::unique_ptr<PendingOp> Communicator::all_gather_async(torch::Tensor& flat) {

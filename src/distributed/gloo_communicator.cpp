@@ -26,26 +26,6 @@ class GlooPendingOp : public PendingOp {
   int divisor_;
 };
 
-// Gloo's reduce_scatter and all_gather take an output apart from their
-// input: the chunk travels through a buffer of its own, copied back (or
-// kept alive) until the operation ends.
-class GlooChunkOp : public PendingOp {
- public:
-  GlooChunkOp(c10::intrusive_ptr<c10d::Work> work, torch::Tensor buffer, torch::Tensor target, int divisor)
-      : work_(std::move(work)), buffer_(std::move(buffer)), target_(std::move(target)), divisor_(divisor) {}
-  void wait() override {
-    work_->wait();
-    if (!target_.defined()) return;
-    if (divisor_ != 1) buffer_.div_(divisor_);
-    target_.copy_(buffer_);
-  }
-
- private:
-  c10::intrusive_ptr<c10d::Work> work_;
-  torch::Tensor buffer_, target_;
-  int divisor_;
-};
-
 c10d::AllreduceOptions reduce_options(ReduceOp op) {
   c10d::AllreduceOptions options;
   options.reduceOp = op == ReduceOp::Max ? c10d::ReduceOp::MAX : c10d::ReduceOp::SUM;
@@ -101,20 +81,21 @@ void GlooCommunicator::do_broadcast(torch::Tensor& tensor, int root) {
   group_->broadcast(tensors, options)->wait();
 }
 
+// Gloo's own reduce_scatter all-reduces a copy of its input: all-reducing
+// the buffer in place moves the same bytes without the copy (the other
+// chunks come out reduced too; nobody reads them).
 std::unique_ptr<PendingOp> GlooCommunicator::do_reduce_scatter_async(torch::Tensor& flat, ReduceOp op) {
-  require_cpu_contiguous(flat, "reduce_scatter");
-  torch::Tensor mine = flat.chunk(size())[rank()];
-  torch::Tensor out = torch::empty_like(mine);
-  c10d::ReduceScatterOptions options;
-  options.reduceOp = reduce_options(op).reduceOp;
-  return std::make_unique<GlooChunkOp>(group_->reduce_scatter_single(out, flat, options), out, mine,
-                                       op == ReduceOp::Avg ? size() : 1);
+  return GlooCommunicator::do_all_reduce_async(flat, op);
 }
 
+// Gloo gathers through a temporary as large as its output: one at a time,
+// so that a step's buckets never hold a second copy of the weights.
 std::unique_ptr<PendingOp> GlooCommunicator::do_all_gather_async(torch::Tensor& flat) {
   require_cpu_contiguous(flat, "all_gather");
   torch::Tensor mine = flat.chunk(size())[rank()].clone();
-  return std::make_unique<GlooChunkOp>(group_->all_gather_single(flat, mine), mine, torch::Tensor(), 1);
+  c10::intrusive_ptr<c10d::Work> work = group_->all_gather_single(flat, mine);
+  work->wait();
+  return std::make_unique<GlooPendingOp>(work, mine);
 }
 
 std::unique_ptr<PendingOp> GlooCommunicator::do_isend(const torch::Tensor& tensor, int dst, int tag) {

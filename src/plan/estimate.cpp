@@ -83,6 +83,17 @@ struct Shapes {
 
 double ring(int64_t size) { return size > 1 ? 2.0 * static_cast<double>(size - 1) / static_cast<double>(size) : 0.0; }
 
+// The DP group's seconds a step: an all-reduce crosses a ring twice, a
+// reduce-scatter or an all-gather once; Gloo reduce-scatters by all-reducing.
+double dp_traffic_seconds(const Config& config, const Cluster& cluster, int64_t parameters, double bandwidth) {
+  const int64_t dp = config.data_parallel_size;
+  const double r = ring(dp), params = static_cast<double>(parameters);
+  if (!config.parallel.use_distributed_optimizer) return params * 4 * r / bandwidth;
+  const double padded = static_cast<double>((parameters + dp - 1) / dp * dp);
+  const double gathered = computes_in_fp32(config.train.precision, cluster.cpu) ? 4 : 2;
+  return padded * (4 * (cluster.cpu ? r : r / 2) + gathered * r / 2) / bandwidth;
+}
+
 // Matmul FLOP/s of one rank at the config's precision.
 double compute_rate(const Cluster& cluster, const Shapes& x) { return cluster.flops * (x.c == 4 ? 0.5 : 1.0); }
 
@@ -103,6 +114,7 @@ struct StageSlice {
   double microbatches;
   bool recompute;
   int64_t dp;
+  int64_t shards;  // DP ranks the optimizer state is split over (train/sharded_optimizer.h)
 
   StageSlice(const Config& config, bool cpu, int64_t stage, int64_t num_stages)
       : config(config),
@@ -111,7 +123,8 @@ struct StageSlice {
         layers(static_cast<double>(layers_of(position))),
         microbatches(static_cast<double>(config.microbatches())),
         recompute(config.train.recompute == Recompute::Full),
-        dp(config.data_parallel_size) {}
+        dp(config.data_parallel_size),
+        shards(config.parallel.use_distributed_optimizer ? dp : 1) {}
 
   bool first() const { return position.first(); }
   bool last() const { return position.last(); }
@@ -175,10 +188,13 @@ MemoryEstimate estimate_memory(const StageSlice& s, const Cluster& cluster) {
   MemoryEstimate mem;
   // train/main_params.cpp: fp32 trains the parameters themselves into one flat
   // fp32 gradient; bf16 adds bf16 copies whose bf16 gradients each backward
-  // hands over before they are added into the flat fp32 one. AdamW: two fp32 moments.
-  mem.weights = params * (s.x.c == 4 ? 4 : 6);
+  // hands over before they are added into the flat fp32 one. AdamW: two fp32
+  // moments. The distributed optimizer keeps the fp32 masters of bf16 and the
+  // moments for 1/DP of the parameters.
+  const double share = 1.0 / static_cast<double>(s.shards);
+  mem.weights = params * (s.x.c == 4 ? 4 : 2 + 4 * share);
   mem.gradients = params * (s.x.c == 4 ? 4 : 6);
-  mem.optimizer = params * 8;
+  mem.optimizer = params * 8 * share;
 
   const int64_t chunks = config.parallel.virtual_pipeline_stages;
   mem.in_flight = peak_in_flight(make_schedule(config.parallel.pipeline_schedule, s.position.num_stages,
@@ -216,7 +232,15 @@ CommBytes estimate_comm(const StageSlice& s, int64_t parameters) {
   const int64_t norm_bytes = 8;  // the gradient norm adds one fp64 value over TP and over PP
   CommBytes comm;
   comm.tp = std::llround(s.microbatches * (tp.forward + tp.backward)) + (s.x.tp > 1 ? norm_bytes : 0);
-  comm.dp = s.dp > 1 ? parameters * 4 : 0;  // the flat fp32 gradient, averaged in buckets
+  if (s.shards > 1) {
+    // The flat fp32 gradient reduce-scattered, the weights gathered (bf16
+    // as bf16: nothing is added), both padded to divide over DP, and the
+    // gradient norm's one fp64 value.
+    const int64_t padded = (parameters + s.shards - 1) / s.shards * s.shards;
+    comm.dp = padded * 4 + padded * static_cast<int64_t>(s.x.c) + norm_bytes;
+  } else {
+    comm.dp = s.dp > 1 ? parameters * 4 : 0;  // the flat fp32 gradient, averaged in buckets
+  }
   const int64_t neighbours = (s.first() ? 0 : 1) + (s.last() ? 0 : 1);
   comm.pp = s.position.num_stages > 1
                 ? std::llround(s.microbatches * 2 * neighbours * s.x.wire_hidden_bytes()) + norm_bytes
@@ -273,7 +297,7 @@ LayoutEstimate estimate_layout(const Config& config, const Cluster& cluster) {
   const PipelineSimulation timeline = simulate_schedule(config.parallel.pipeline_schedule, pp, m, chunks, &costs);
   double dp_seconds = 0;
   for (const StageEstimate& s : out.stages)
-    dp_seconds = std::max(dp_seconds, static_cast<double>(s.comm.dp) * ring(dp) / dp_bw);
+    dp_seconds = std::max(dp_seconds, dp_traffic_seconds(config, cluster, s.parameters, dp_bw));
   out.step_seconds = timeline.makespan + dp_seconds;
   // The pipeline's bubble is the busiest stage's idle time; a lighter stage
   // idles longer, but for want of work, not for the schedule.

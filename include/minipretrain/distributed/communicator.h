@@ -125,6 +125,9 @@ class Communicator {
   virtual void do_barrier() = 0;
   // Gloo reduces no bf16: such tensors then travel as fp32.
   virtual bool has_bf16() const { return true; }
+  // Whether reduce_scatter_async is one (NCCL), or an all-reduce (Gloo),
+  // which it then counts as.
+  virtual bool has_reduce_scatter() const { return true; }
 
  private:
   // The tensor as it goes over the wire for this backend, and the buffer a

@@ -1,8 +1,7 @@
 // Communicator over c10d::ProcessGroupGloo, for CPU tensors. Gloo has no AVG
-// reduction: AVG is a SUM then a division. reduce_scatter is an all-reduce
-// followed by taking this rank's chunk (written when Gloo had none); the
-// distributed optimizer's in-place pair uses Gloo's own reduce_scatter and
-// all_gather.
+// reduction: AVG is a SUM then a division. Its reduce-scatters are
+// all-reduces (c10d's Gloo reduce_scatter is one, of a copy), and count as
+// such.
 #pragma once
 
 #include <chrono>
@@ -36,6 +35,7 @@ class GlooCommunicator : public Communicator {
   std::unique_ptr<PendingOp> do_irecv(torch::Tensor& tensor, int src, int tag) override;
   void do_barrier() override;
   bool has_bf16() const override { return false; }
+  bool has_reduce_scatter() const override { return false; }
 
  private:
   c10::intrusive_ptr<c10d::ProcessGroupGloo> group_;
