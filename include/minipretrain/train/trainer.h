@@ -100,6 +100,7 @@ class Trainer {
   std::unique_ptr<AdamW> optimizer_;
   std::vector<torch::Tensor> grads_;        // main_'s fp32 gradients, in its order
   std::vector<bool> counted_in_norm_;       // false: a replicated tensor on a TP rank other than 0
+  std::vector<torch::Tensor> replicated_grads_;  // summed over TP with sequence parallelism
   std::map<std::string, size_t> entry_of_;  // parameter name -> index in main_
   LRSchedule schedule_;
   Datasets data_;
