@@ -53,7 +53,7 @@ int main(int argc, char** argv) {
       mp::Stage stage(nullptr);
       const double draw = seconds([&] {
         stage = mp::Stage(config.model, mp::StagePosition::of(config.parallel.pipeline_layer_split, s, pp),
-                          std::make_shared<mp::ShapeOnlyCommunicator>("tp", t, tp));
+                          mp::TensorParallel{std::make_shared<mp::ShapeOnlyCommunicator>("tp", t, tp)});
         stage->initialize(config.train.seed);
       });
       std::unique_ptr<mp::MainParams> main;
@@ -75,7 +75,7 @@ int main(int argc, char** argv) {
   mp::Stage whole(nullptr);
   const double draw = seconds([&] {
     whole = mp::Stage(config.model, mp::StagePosition::of({config.model.num_layers}, 0),
-                      std::make_shared<mp::SoloCommunicator>("tp"));
+                      mp::TensorParallel{std::make_shared<mp::SoloCommunicator>("tp")});
     whole->initialize(config.train.seed);
   });
   // Drawing again into the same, already touched memory times the generator

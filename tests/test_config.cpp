@@ -122,6 +122,12 @@ TEST(Config, LayoutMistakes) {
   c.parallel.pipeline_parallel_size = 2;
   EXPECT_EQ(resolve_error(c, 6), "world size 6 is not divisible by tensor_parallel_size 2 x pipeline_parallel_size 2");
   c = Config();
+  c.parallel.sequence_parallel = true;
+  EXPECT_EQ(resolve_error(c), "sequence_parallel needs tensor_parallel_size 2 or more, got 1");
+  c.parallel.tensor_parallel_size = 4;
+  c.model.max_seq_length = 1022;
+  EXPECT_EQ(resolve_error(c, 4), "sequence_parallel: max_seq_length 1022 is not divisible by tensor_parallel_size 4");
+  c = Config();
   c.parallel.pipeline_parallel_size = 13;
   EXPECT_EQ(resolve_error(c, 13), "num_layers 12 is fewer than pipeline_parallel_size 13: every stage needs a layer");
   c = Config();

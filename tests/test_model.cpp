@@ -26,7 +26,7 @@ ModelConfig small_model() {
 }
 
 Stage make_stage(const ModelConfig& c) {
-  Stage stage(c, StagePosition{}, std::make_shared<SoloCommunicator>("tp"));
+  Stage stage(c, StagePosition{}, TensorParallel{std::make_shared<SoloCommunicator>("tp")});
   stage->initialize(7);
   return stage;
 }
@@ -63,7 +63,7 @@ TEST(Attention, GqaEqualsMultiHeadWithRepeatedKvHeads) {
   ModelConfig gqa = small_model();
   ModelConfig mha = gqa;
   mha.num_key_value_heads = 4;
-  auto tp = std::make_shared<SoloCommunicator>("tp");
+  const TensorParallel tp{std::make_shared<SoloCommunicator>("tp")};
   Attention a(gqa, tp), b(mha, tp);
   torch::manual_seed(2);
   for (auto& p : a->parameters()) p.data().normal_(0, 0.2);
@@ -175,7 +175,7 @@ TEST(Model, EachRankDrawsOnlyItsShardOfTheSameFullTensor) {
   const auto full = named_tensors(make_stage(c));
   for (int rank = 0; rank < 2; ++rank)
     for (int64_t stage = 0; stage < 2; ++stage) {
-      Stage shard(c, StagePosition::of({3, 1}, stage), std::make_shared<ShapeOnlyCommunicator>("tp", rank, 2));
+      Stage shard(c, StagePosition::of({3, 1}, stage), TensorParallel{std::make_shared<ShapeOnlyCommunicator>("tp", rank, 2)});
       shard->initialize(7);
       for (const auto& [name, t] : named_tensors(shard)) {
         const ShardSpec& spec = shard->tensors().at(name).spec;
@@ -213,7 +213,7 @@ TEST(Model, HuggingFaceNamesAndExactParameterCount) {
 TEST(Model, PipelineStagesHoldTheirSliceOfLayers) {
   ModelConfig c = small_model();
   c.num_layers = 4;
-  auto tp = std::make_shared<SoloCommunicator>("tp");
+  const TensorParallel tp{std::make_shared<SoloCommunicator>("tp")};
   Stage first(c, StagePosition::of({2, 2}, 0), tp), last(c, StagePosition::of({2, 2}, 1), tp);
   auto f = named_tensors(first), l = named_tensors(last);
   EXPECT_TRUE(f.count("model.embed_tokens.weight"));

@@ -207,6 +207,33 @@ TEST(Regions, ForwardAndBackwardCommunicateWhereMegatronDoes) {
   });
 }
 
+TEST(Regions, SequenceRegionsSplitDimOneAndMirrorInBackward) {
+  with_gloo_group(2, [](int rank, Communicator& tp) {
+    // [batch 2, seq 2 of 4, hidden 3]: rank r holds positions 2r and 2r + 1.
+    const torch::Tensor whole = torch::arange(24, torch::kFloat).reshape({2, 4, 3});
+    torch::Tensor mine = whole.narrow(1, 2 * rank, 2).clone().requires_grad_(true);
+    torch::Tensor gathered = gather_sequence(mine, tp);
+    EXPECT_TRUE(torch::equal(gathered, whole));
+    // Each rank's gradient is a partial sum: backward sums them and keeps its positions.
+    (gathered * static_cast<float>(rank + 1)).sum().backward();
+    EXPECT_TRUE(torch::equal(mine.grad(), torch::full({2, 2, 3}, 3.0f)));
+
+    torch::Tensor partial = (whole * static_cast<float>(rank + 1)).requires_grad_(true);
+    torch::Tensor scattered = reduce_scatter_sequence(partial, tp);
+    EXPECT_TRUE(torch::equal(scattered, 3 * whole.narrow(1, 2 * rank, 2)));
+    (scattered * static_cast<float>(rank + 1)).sum().backward();
+    // Backward gathers every rank's gradient of its positions.
+    const torch::Tensor expected = torch::cat({torch::ones({2, 2, 3}), torch::full({2, 2, 3}, 2.0f)}, 1);
+    EXPECT_TRUE(torch::equal(partial.grad(), expected));
+    EXPECT_EQ(tp.stats().at("all_gather").calls, 2);
+    EXPECT_EQ(tp.stats().at("reduce_scatter").calls, 2);
+    EXPECT_FALSE(tp.stats().count("all_reduce"));
+    // Each counts its whole [2, 4, 3] fp32 tensor.
+    EXPECT_EQ(tp.stats().at("all_gather").bytes, 2 * 24 * 4);
+    EXPECT_EQ(tp.stats().at("reduce_scatter").bytes, 2 * 24 * 4);
+  });
+}
+
 TEST(GradientBuckets, AverageOverDataParallelInFewCalls) {
   with_gloo_group(2, [](int rank, Communicator& dp) {
     torch::Tensor flat = torch::empty({1000});

@@ -62,6 +62,7 @@ TEST(Plan, PredictionsMatchMeasuredRuns) {
       {"dp1_fp32_gpipe", 1, {"--precision", "fp32", "--pipeline-schedule", "gpipe"}},
       {"dp1_bf16_recompute", 1, {"--precision", "bf16", "--recompute", "full"}},
       {"tp2_fp32", 2, {"--precision", "fp32", "--tensor-parallel-size", "2"}},
+      {"tp2_sp_bf16", 2, {"--precision", "bf16", "--tensor-parallel-size", "2", "--sequence-parallel"}},
       // Halved by TP or holding few activations: a wider vocabulary keeps the model above the baseline.
       {"tp2_bf16_recompute", 2,
        {"--precision", "bf16", "--tensor-parallel-size", "2", "--recompute", "full", "--vocab-size", "32000"}},

@@ -152,6 +152,7 @@ TEST(Run, BadInputsExitWithOneClearLine) {
        {{"RANK", "0"}, {"WORLD_SIZE", "4"}}, 2, "num_attention_heads 6 is not divisible by tensor_parallel_size 4"},
       {{"--tensor-parallel-size", "2"}, {{"RANK", "0"}, {"WORLD_SIZE", "3"}}, 2,
        "world size 3 is not divisible by tensor_parallel_size 2 x pipeline_parallel_size 1"},
+      {{"--sequence-parallel"}, {}, 2, "sequence_parallel needs tensor_parallel_size 2 or more, got 1"},
       {{"--pipeline-parallel-size", "5"}, {{"RANK", "0"}, {"WORLD_SIZE", "5"}}, 2,
        "num_layers 4 is fewer than pipeline_parallel_size 5"},
       {{"--pipeline-parallel-size", "2", "--pipeline-layer-split", "3,x"}, {{"RANK", "0"}, {"WORLD_SIZE", "2"}}, 2,

@@ -87,7 +87,7 @@ std::map<std::string, torch::Tensor> load_model_tensors(const std::string& check
   TensorSource source = TensorSource::from_checkpoint(checkpoint_dir);
   // The model itself says which tensors it has and their full shapes; its
   // parameters are allocated but never touched.
-  Stage model(config, StagePosition{}, std::make_shared<SoloCommunicator>("tp"));
+  Stage model(config, StagePosition{}, TensorParallel{std::make_shared<SoloCommunicator>("tp")});
   const auto& slots = model->tensors();
   Progress progress("reading " + checkpoint_dir, static_cast<double>(slots.size()), "tensors", show_progress);
   std::map<std::string, torch::Tensor> tensors;

@@ -52,7 +52,7 @@ void import_hugging_face(const std::string& hf_dir, const std::string& checkpoin
                           " parameters but the weight files hold " + std::to_string(held) + " values");
   // The model says which tensors it has and their full shapes; its
   // parameters are allocated but never touched.
-  Stage model(config.model, StagePosition{}, std::make_shared<SoloCommunicator>("tp"));
+  Stage model(config.model, StagePosition{}, TensorParallel{std::make_shared<SoloCommunicator>("tp")});
   std::map<std::string, torch::Tensor> tensors;
   std::map<std::string, ShardSpec> specs;
   for (const auto& [name, slot] : model->tensors()) {

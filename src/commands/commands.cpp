@@ -65,7 +65,7 @@ void run_import(const ImportCommand& c) {
 Stage load_for_inference(const std::string& checkpoint_dir, ModelConfig* config_out) {
   const ModelConfig config = read_checkpoint_config(checkpoint_dir).model;
   const std::map<std::string, torch::Tensor> tensors = load_model_tensors(checkpoint_dir, config);
-  Stage model(config, StagePosition{}, std::make_shared<SoloCommunicator>("tp"));
+  Stage model(config, StagePosition{}, TensorParallel{std::make_shared<SoloCommunicator>("tp")});
   torch::NoGradGuard no_grad;
   // With TP = 1 every slot is a full tensor, whose shape load_model_tensors
   // has checked.

@@ -64,9 +64,10 @@ void run_plan(const PlanCommand& command, const Config& config) {
               static_cast<long long>(cluster.world_size), static_cast<long long>(cluster.gpus_per_node),
               gigabytes(cluster.device_memory).c_str(), cluster.flops, command.intra_node_bw.c_str(),
               command.inter_node_bw.c_str(), cluster.cpu ? " (CPU: Gloo, process baseline)" : "");
-  std::printf("Global batch %lld x %lld tokens; %zu valid layouts, %lld fit; best first:\n",
+  std::printf("Global batch %lld x %lld tokens%s; %zu valid layouts, %lld fit; best first:\n",
               static_cast<long long>(layouts.front().config.global_batch()), static_cast<long long>(m.max_seq_length),
-              layouts.size(), static_cast<long long>(fitting));
+              config.parallel.sequence_parallel ? ", sequence parallel where TP > 1" : "", layouts.size(),
+              static_cast<long long>(fitting));
   std::printf("%3s %3s %3s %3s %4s %4s %-6s %-4s %-5s | %8s %5s %6s %6s %6s %6s %5s | %9s %9s %9s | %6s %6s | %8s %9s %5s\n", "#",
               "TP", "PP", "DP", "mbs", "M", "sched", "rec", "prec", "mem GB", "stage", "weight", "grad", "optim", "activ",
               "comm", "TP MB", "DP MB", "PP MB", "bubble", "theory", "step s", "tokens/s", "MFU");

@@ -155,7 +155,11 @@ nlohmann::json comm_stats(const ParallelState& parallel) {
   nlohmann::json out;
   for (const auto& [group, comm] : groups) {
     nlohmann::json ops = nlohmann::json::object();
-    for (const auto& [op, s] : comm->stats()) ops[op] = {{"calls", s.calls}, {"bytes", s.bytes}, {"seconds", s.seconds}};
+    for (const auto& [op, s] : comm->stats())
+      ops[op] = {{"calls", s.calls},
+                 {"bytes", s.bytes},
+                 {"ring_bytes", ring_bytes(op, s, comm->size())},
+                 {"seconds", s.seconds}};
     out[group] = ops;
   }
   return out;

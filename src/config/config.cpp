@@ -100,6 +100,11 @@ void validate_layout(const Config& c, int64_t world_size) {
   require(m.intermediate_size % tp == 0,
           "intermediate_size " + std::to_string(m.intermediate_size) +
               " is not divisible by tensor_parallel_size " + std::to_string(tp));
+  if (p.sequence_parallel) {
+    require(tp >= 2, "sequence_parallel needs tensor_parallel_size 2 or more, got " + std::to_string(tp));
+    require(m.max_seq_length % tp == 0, "sequence_parallel: max_seq_length " + std::to_string(m.max_seq_length) +
+                                            " is not divisible by tensor_parallel_size " + std::to_string(tp));
+  }
   const std::vector<int64_t>& split = p.pipeline_layer_split;
   const std::string stages = v == 1 ? std::to_string(pp) + " pipeline stages"
                                     : std::to_string(pp * v) + " virtual pipeline stages (" + std::to_string(pp) +

@@ -221,6 +221,10 @@ std::vector<Field> config_fields(Config& c) {
       path(field_for("dump_first_step", "directory to write step 1's logits and gradients (for layout checks)",
                      t.dump_first_step)),
       field_for("tensor_parallel_size", "tensor-parallel ranks", p.tensor_parallel_size),
+      field_for("sequence_parallel",
+                "split the activations outside the tensor-parallel layers (norms, residuals) along the sequence over "
+                "the TP ranks (Megatron's sequence parallelism; needs tensor_parallel_size 2 or more)",
+                p.sequence_parallel),
       field_for("pipeline_parallel_size", "pipeline stages", p.pipeline_parallel_size),
       field_for("num_microbatches", "microbatches per step per data-parallel rank", p.num_microbatches),
       field_for("pipeline_schedule", "gpipe, 1f1b, interleaved-1f1b or zb-h1 (zero-bubble H1)", p.pipeline_schedule),

@@ -97,6 +97,12 @@ torch::Tensor Communicator::wire(const torch::Tensor& tensor) const {
   return tensor.scalar_type() == torch::kBFloat16 && !has_bf16() ? tensor.to(torch::kFloat) : tensor;
 }
 
+double ring_bytes(const std::string& op, const OpStats& stats, int group_size) {
+  const double share = static_cast<double>(group_size - 1) / static_cast<double>(group_size);
+  const double factor = op == "all_reduce" ? 2 * share : op == "all_gather" || op == "reduce_scatter" ? share : 1.0;
+  return factor * static_cast<double>(stats.bytes);
+}
+
 void Communicator::count(const std::string& op, const torch::Tensor& wire, double seconds) {
   OpStats& s = stats_[op];
   s.calls += 1;
@@ -137,9 +143,9 @@ std::unique_ptr<PendingOp> Communicator::do_all_reduce_async(torch::Tensor& tens
 torch::Tensor Communicator::all_gather(const torch::Tensor& tensor, int64_t dim) {
   const auto start = Clock::now();
   const torch::Tensor sent = wire(tensor);
-  torch::Tensor out = guarded("all_gather", "", [&] { return do_all_gather(sent, dim); }).to(tensor.scalar_type());
-  count("all_gather", sent, seconds_since(start));
-  return out;
+  torch::Tensor gathered = guarded("all_gather", "", [&] { return do_all_gather(sent, dim); });
+  count("all_gather", gathered, seconds_since(start));
+  return gathered.to(tensor.scalar_type());
 }
 
 torch::Tensor Communicator::reduce_scatter(const torch::Tensor& tensor) {

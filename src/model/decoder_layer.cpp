@@ -2,7 +2,7 @@
 
 namespace minipretrain {
 
-DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, std::shared_ptr<Communicator> tp) {
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, const TensorParallel& tp) {
   input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
   self_attn = register_module("self_attn", Attention(c, tp));
   post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));

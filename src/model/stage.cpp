@@ -6,7 +6,6 @@
 #include "minipretrain/model/normal_stream.h"
 #include "minipretrain/model/recompute.h"
 #include "minipretrain/parallel/cross_entropy.h"
-#include "minipretrain/parallel/regions.h"
 
 namespace minipretrain {
 namespace {
@@ -75,7 +74,7 @@ StagePosition StagePosition::of(const std::vector<int64_t>& split, int64_t stage
   return of(split, stage, static_cast<int64_t>(split.size()));
 }
 
-StageImpl::StageImpl(const ModelConfig& c, StagePosition position, std::shared_ptr<Communicator> tp)
+StageImpl::StageImpl(const ModelConfig& c, StagePosition position, TensorParallel tp)
     : config_(c),
       position_(position),
       tp_(std::move(tp)),
@@ -93,7 +92,7 @@ StageImpl::StageImpl(const ModelConfig& c, StagePosition position, std::shared_p
   }
   if (position_.last()) {
     norm_ = model->register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
-    lm_head_ = register_module("lm_head", ColumnParallelLinear(c.hidden_size, c.vocab_size, *tp_));
+    lm_head_ = register_module("lm_head", ColumnParallelLinear(c.hidden_size, c.vocab_size, tp_));
   }
 
   // A fused module "a.qkv_proj" holds "a.q_proj.weight", "a.k_proj.weight", ...
@@ -154,7 +153,7 @@ torch::Tensor StageImpl::forward(const torch::Tensor& input, int64_t chunk) {
   for (auto& layer : chunk_layers_.at(chunk))
     x = recompute_ && torch::GradMode::is_enabled() ? recomputed_layer(*layer, x, rope_) : layer(x, rope_);
   if (!position_.last() || chunk != num_chunks() - 1) return x;
-  return lm_head_(copy_to_tp(norm_(x), *tp_));
+  return lm_head_(norm_(x));
 }
 
 torch::Tensor StageImpl::forward(const torch::Tensor& input) {
@@ -167,7 +166,7 @@ torch::Tensor StageImpl::loss(const torch::Tensor& logits_local, const torch::Te
   const int64_t local = logits_local.size(-1);
   torch::Tensor per_token =
       vocab_parallel_cross_entropy(logits_local.reshape({-1, local}), targets.reshape({-1}),
-                                   lm_head_->weight_parts()[0].spec.offset, config_.vocab_size, *tp_);
+                                   lm_head_->weight_parts()[0].spec.offset, config_.vocab_size, *tp_.group);
   return per_token.mean();
 }
 

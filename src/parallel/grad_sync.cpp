@@ -96,4 +96,18 @@ void GradientBuckets::reduce(Communicator& dp) {
   finish(dp);
 }
 
+void sum_over_tp(const std::vector<torch::Tensor>& grads, Communicator& tp) {
+  if (grads.empty() || tp.size() == 1) return;
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> flat;
+  for (const torch::Tensor& g : grads) flat.push_back(g.reshape({-1}));
+  torch::Tensor joined = torch::cat(flat);
+  tp.all_reduce(joined, ReduceOp::Sum);
+  int64_t offset = 0;
+  for (const torch::Tensor& g : grads) {
+    g.copy_(joined.narrow(0, offset, g.numel()).view_as(g));
+    offset += g.numel();
+  }
+}
+
 }  // namespace minipretrain

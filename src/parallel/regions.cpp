@@ -20,6 +20,11 @@ torch::Tensor all_reduced(const torch::Tensor& x, Communicator& tp) {
   return out;
 }
 
+// Communicator::reduce_scatter splits dim 0: the sequence goes first for it.
+torch::Tensor reduce_scattered_sequence(const torch::Tensor& x, Communicator& tp) {
+  return tp.reduce_scatter(x.transpose(0, 1).contiguous()).transpose(0, 1).contiguous();
+}
+
 struct CopyToTP : torch::autograd::Function<CopyToTP> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, Communicator* tp) {
     save_group(ctx, *tp);
@@ -49,6 +54,27 @@ struct GatherFromTP : torch::autograd::Function<GatherFromTP> {
   }
 };
 
+struct GatherSequence : torch::autograd::Function<GatherSequence> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, Communicator* tp) {
+    save_group(ctx, *tp);
+    return tp->all_gather(x, 1);
+  }
+  // Each rank's gradient is its partial sum (of its shard of the next GEMM).
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    return {reduce_scattered_sequence(grads[0], saved_group(ctx)), torch::Tensor()};
+  }
+};
+
+struct ReduceScatterSequence : torch::autograd::Function<ReduceScatterSequence> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, Communicator* tp) {
+    save_group(ctx, *tp);
+    return reduce_scattered_sequence(x, *tp);
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    return {saved_group(ctx).all_gather(grads[0], 1), torch::Tensor()};
+  }
+};
+
 }  // namespace
 
 torch::Tensor copy_to_tp(const torch::Tensor& x, Communicator& tp) {
@@ -61,6 +87,14 @@ torch::Tensor reduce_from_tp(const torch::Tensor& x, Communicator& tp) {
 
 torch::Tensor gather_from_tp(const torch::Tensor& x, Communicator& tp) {
   return tp.size() == 1 ? x : GatherFromTP::apply(x, &tp);
+}
+
+torch::Tensor gather_sequence(const torch::Tensor& x, Communicator& tp) {
+  return tp.size() == 1 ? x : GatherSequence::apply(x, &tp);
+}
+
+torch::Tensor reduce_scatter_sequence(const torch::Tensor& x, Communicator& tp) {
+  return tp.size() == 1 ? x : ReduceScatterSequence::apply(x, &tp);
 }
 
 }  // namespace minipretrain

@@ -31,10 +31,14 @@ struct Shapes {
   double layer_weights;           // one decoder layer's GEMM weights on this rank (fused QKV, O, gate/up, down)
   double layer_norms;             // its two norm weights, replicated
   int64_t tp;
+  bool sequence_parallel;
+  double shard;                   // the sequence's split outside the TP layers: TP with sequence parallelism, else 1
 
   Shapes(const Config& config, bool cpu) {
     const ModelConfig& m = config.model;
     tp = config.parallel.tensor_parallel_size;
+    sequence_parallel = config.parallel.sequence_parallel;
+    shard = sequence_parallel ? static_cast<double>(tp) : 1.0;
     h = static_cast<double>(m.hidden_size);
     heads = static_cast<double>(m.num_attention_heads / tp);
     q = heads * static_cast<double>(m.head_dim());
@@ -58,19 +62,26 @@ struct Shapes {
   // Bytes of one microbatch's [tokens, hidden] activation, in memory and on the wire.
   double hidden_bytes() const { return c * h * tokens; }
   double wire_hidden_bytes() const { return wire * h * tokens; }
+  // The same outside the TP layers (the residual stream, the pipeline's transfers).
+  double outside_hidden_bytes() const { return hidden_bytes() / shard; }
+  double outside_wire_hidden_bytes() const { return wire_hidden_bytes() / shard; }
+
+  // Bytes one RMSNorm keeps for backward: its fp32 input (the input itself in
+  // fp32) and the normalized fp32 values cast to the compute dtype (saved by
+  // * weight), on this rank's positions; and its output, saved by the next
+  // GEMM, which with sequence parallelism keeps the gathered whole sequence.
+  double norm_bytes() const { return ((4 + c) / shard + c) * h * tokens; }
 
   // Bytes one decoder layer keeps for backward per microbatch, tensor by
   // tensor as model/layers.cpp makes them:
-  //   each RMSNorm: its fp32 input (the input itself in fp32), the normalized
-  //     fp32 values cast to the compute dtype (saved by * weight) and its
-  //     output (saved by the next GEMM): (4 + 2c) per element;
+  //   each RMSNorm (norm_bytes);
   //   the fused QKV output (RoPE's halves are views of it), RoPE's q and k,
   //   v made contiguous for bmm, the attention output reshaped for o_proj;
   //   the fp32 softmax and, in bf16, its bf16 copy saved by bmm;
   //   the fused gate/up output (silu saves a view of it), silu's output and
   //   the product saved by down_proj.
   double layer_activations() const {
-    const double norms = 2 * (4 + 2 * c) * h * tokens;
+    const double norms = 2 * norm_bytes();
     const double attention = c * (3 * q + 4 * kv) * tokens + b * heads * s * s * (c == 4 ? 4 : 6);
     const double mlp = 4 * c * inter * tokens;
     return norms + attention + mlp;
@@ -141,7 +152,7 @@ struct StageSlice {
 // Activation bytes with `in_flight` microbatches awaiting their backward.
 double activation_bytes(const StageSlice& s, double in_flight, bool with_recompute) {
   const Shapes& x = s.x;
-  const double hidden = x.hidden_bytes();
+  const double hidden = x.outside_hidden_bytes();
   // Held per microbatch in flight: the layers' saved tensors, the stage's
   // input (a bf16 input is not what the first layer saves; in fp32 and under
   // recompute it is) and output (kept by the executor for its backward), and
@@ -149,7 +160,7 @@ double activation_bytes(const StageSlice& s, double in_flight, bool with_recompu
   double held = s.layers * (with_recompute ? hidden : x.layer_activations());
   if (!s.first() && x.c == 2 && !with_recompute) held += hidden;
   if (!s.last()) held += hidden;
-  if (s.last()) held += (4 + 2 * x.c) * x.h * x.tokens + 4 * x.vocab * x.tokens;
+  if (s.last()) held += x.norm_bytes() + 4 * x.vocab * x.tokens;
   // Alive once, on top: the backward of one layer (its gradients are about
   // the size of what it saved; recomputed, the layer's saved tensors too),
   // or the cross-entropy's forward (the logits and its fp32 temporaries).
@@ -165,11 +176,11 @@ double activation_bytes(const StageSlice& s, double in_flight, bool with_recompu
 // a copy of its [tokens, hidden] input; Gloo's DP all-reduce on one bucket.
 double comm_buffer_bytes(const StageSlice& s, double in_flight, double parameters) {
   const Shapes& x = s.x;
-  const double wire_hidden = x.wire_hidden_bytes();
+  const double wire_hidden = x.outside_wire_hidden_bytes();
   double bytes = 0;
   if (!s.last()) bytes += (s.microbatches - (x.wire == x.c ? in_flight : 0.0)) * wire_hidden;
   if (!s.first()) bytes += s.microbatches * wire_hidden;
-  if (x.tp > 1) bytes += wire_hidden;
+  if (x.tp > 1) bytes += x.wire_hidden_bytes();
   if (s.dp > 1) bytes += std::min(parameters * 4, static_cast<double>(s.config.parallel.ddp_bucket_mb << 20));
   return bytes;
 }
@@ -209,29 +220,54 @@ MemoryEstimate estimate_memory(const StageSlice& s, const Cluster& cluster) {
   return mem;
 }
 
-// TP bytes counted per microbatch, forward and backward apart for the timing.
+// TP transfers of one microbatch in one direction: all-reduces and
+// all-gathers or reduce-scatters of a whole [tokens, hidden] activation,
+// and other bytes all-reduced. Counted, each is its whole tensor
+// (distributed/communicator.h); on a ring a gather or a reduce-scatter moves
+// half what an all-reduce does.
+struct TpPass {
+  double reduces = 0, gathers = 0, other = 0;
+  double counted(const Shapes& x) const { return (reduces + gathers) * x.wire_hidden_bytes() + other; }
+  double all_reduced(const Shapes& x) const { return (reduces + gathers / 2) * x.wire_hidden_bytes() + other; }
+};
+
 // Each layer all-reduces its attention and MLP outputs forward and their
 // inputs' gradients backward, again forward when recomputed; the embedding its
 // output; the LM head its input's gradient; the cross-entropy three fp32
-// values per token (max, target logit, sum of exponentials). A group of one
-// counts no bytes.
+// values per token (max, target logit, sum of exponentials). With sequence
+// parallelism each all-reduce is a reduce-scatter and an all-gather, and the
+// embedding and the LM head communicate both ways. A group of one counts no
+// bytes.
 struct TpTraffic {
-  double forward = 0, backward = 0;
+  TpPass forward, backward;
 };
 
 TpTraffic tp_traffic(const StageSlice& s) {
-  if (s.x.tp <= 1) return {};
-  const double wire_hidden = s.x.wire_hidden_bytes();
-  return {s.layers * 2 * wire_hidden + (s.first() ? wire_hidden : 0) + (s.last() ? 3 * 4 * s.x.tokens : 0),
-          s.layers * (s.recompute ? 4 : 2) * wire_hidden + (s.last() ? wire_hidden : 0)};
+  TpTraffic t;
+  if (s.x.tp <= 1) return t;
+  const double recomputed = s.recompute ? 2 : 1;
+  t.forward.other = s.last() ? 3 * 4 * s.x.tokens : 0;
+  if (s.x.sequence_parallel) {
+    const double ends = (s.first() ? 1 : 0) + (s.last() ? 1 : 0);
+    t.forward.gathers = s.layers * 4 + ends;
+    t.backward.gathers = s.layers * 4 * recomputed + ends;
+  } else {
+    t.forward.reduces = s.layers * 2 + (s.first() ? 1 : 0);
+    t.backward.reduces = s.layers * 2 * recomputed + (s.last() ? 1 : 0);
+  }
+  return t;
 }
 
 // Bytes each communicator counts in one step (distributed/communicator.h).
 CommBytes estimate_comm(const StageSlice& s, int64_t parameters) {
   const TpTraffic tp = tp_traffic(s);
   const int64_t norm_bytes = 8;  // the gradient norm adds one fp64 value over TP and over PP
+  // Sequence parallelism sums the replicated norm weights' fp32 gradients over TP.
+  const double norm_grads = s.x.sequence_parallel ? 4 * (s.layers * s.x.layer_norms + (s.last() ? s.x.h : 0)) : 0;
   CommBytes comm;
-  comm.tp = std::llround(s.microbatches * (tp.forward + tp.backward)) + (s.x.tp > 1 ? norm_bytes : 0);
+  comm.tp = s.x.tp > 1 ? std::llround(s.microbatches * (tp.forward.counted(s.x) + tp.backward.counted(s.x)) +
+                                      norm_grads) + norm_bytes
+                       : 0;
   if (s.shards > 1) {
     // The flat fp32 gradient reduce-scattered, the weights gathered (bf16
     // as bf16: nothing is added), both padded to divide over DP, and the
@@ -243,7 +279,7 @@ CommBytes estimate_comm(const StageSlice& s, int64_t parameters) {
   }
   const int64_t neighbours = (s.first() ? 0 : 1) + (s.last() ? 0 : 1);
   comm.pp = s.position.num_stages > 1
-                ? std::llround(s.microbatches * 2 * neighbours * s.x.wire_hidden_bytes()) + norm_bytes
+                ? std::llround(s.microbatches * 2 * neighbours * s.x.outside_wire_hidden_bytes()) + norm_bytes
                 : 0;
   return comm;
 }
@@ -256,8 +292,9 @@ std::pair<double, double> estimate_seconds(const StageSlice& s, const Cluster& c
   const double rate = compute_rate(cluster, s.x);
   const double forward_flops = s.forward_flops();
   const double tp_seconds = ring(s.x.tp) / cluster.intra_node_bw;
-  return {forward_flops / rate + tp.forward * tp_seconds,
-          (2 * forward_flops + (s.recompute ? s.layers * s.x.layer_flops() : 0)) / rate + tp.backward * tp_seconds};
+  return {forward_flops / rate + tp.forward.all_reduced(s.x) * tp_seconds,
+          (2 * forward_flops + (s.recompute ? s.layers * s.x.layer_flops() : 0)) / rate +
+              tp.backward.all_reduced(s.x) * tp_seconds};
 }
 
 // One stage of `config` on one rank.
@@ -291,7 +328,7 @@ LayoutEstimate estimate_layout(const Config& config, const Cluster& cluster) {
   const double dp_bw = tp * dp > node ? cluster.inter_node_bw : cluster.intra_node_bw;
   const double pp_bw = tp * dp * pp > node ? cluster.inter_node_bw : cluster.intra_node_bw;
   const Shapes x(config, cluster.cpu);
-  const double p2p_seconds = x.wire_hidden_bytes() / pp_bw;
+  const double p2p_seconds = x.outside_wire_hidden_bytes() / pp_bw;
   const int64_t chunks = config.parallel.virtual_pipeline_stages;
   const StageCosts costs{forward, backward, p2p_seconds};
   const PipelineSimulation timeline = simulate_schedule(config.parallel.pipeline_schedule, pp, m, chunks, &costs);
@@ -354,6 +391,7 @@ std::vector<LayoutEstimate> plan_layouts(const Config& config, const Cluster& cl
             for (Precision precision : {Precision::Bf16, Precision::Fp32}) {
               Config c = config;
               c.parallel.tensor_parallel_size = tp;
+              c.parallel.sequence_parallel = config.parallel.sequence_parallel && tp > 1;  // where there is TP
               c.parallel.pipeline_parallel_size = pp;
               c.parallel.num_microbatches.reset();
               c.parallel.pipeline_schedule = schedule;
@@ -411,6 +449,7 @@ nlohmann::json to_json(const LayoutEstimate& layout) {
                       {"backward_seconds", s.backward_seconds}});
   }
   return {{"tensor_parallel_size", c.parallel.tensor_parallel_size},
+          {"sequence_parallel", c.parallel.sequence_parallel},
           {"pipeline_parallel_size", c.parallel.pipeline_parallel_size},
           {"data_parallel_size", c.data_parallel_size},
           {"micro_batch_size", c.train.micro_batch_size},

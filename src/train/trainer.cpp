@@ -26,9 +26,10 @@ Trainer::Trainer(Config config, ParallelState& parallel, torch::Device device)
       schedule_(config_.train.learning_rate, config_.train.min_lr, config_.train.warmup_ratio, config_.train.max_steps) {
   const Layout& layout = parallel_.layout();
   const auto start = Clock::now();
+  const bool sequence_parallel = config_.parallel.sequence_parallel;
   stage_ = Stage(config_.model,
                  StagePosition::of(config_.parallel.pipeline_layer_split, parallel_.coords().pp, layout.pp),
-                 parallel_.tp_ptr());
+                 TensorParallel{parallel_.tp_ptr(), sequence_parallel});
   stage_->initialize(config_.train.seed);
   stage_->to_device(device_);
   stage_->set_recompute(config_.train.recompute == Recompute::Full);
@@ -66,6 +67,7 @@ Trainer::Trainer(Config config, ParallelState& parallel, torch::Device device)
     masters.push_back(e.master);
     grads_.push_back(e.grad);
     counted_in_norm_.push_back(sharded.at(e.name) || parallel_.coords().tp == 0);
+    if (sequence_parallel && !sharded.at(e.name)) replicated_grads_.push_back(e.grad);
   }
   buckets_ = std::make_unique<GradientBuckets>(main_->flat_grad(), sizes, bucket_bytes, shards);
   if (sharded_) {
@@ -87,9 +89,10 @@ Trainer::Trainer(Config config, ParallelState& parallel, torch::Device device)
                            p.virtual_pipeline_stages);
   bubble_theory_ =
       simulate_schedule(p.pipeline_schedule, layout.pp, config_.microbatches(), p.virtual_pipeline_stages).bubble;
+  const int64_t seq = config_.model.max_seq_length / (sequence_parallel ? layout.tp : 1);
   executor_ = std::make_unique<PipelineExecutor>(
       stage_.ptr(), parallel_.pp(),
-      std::vector<int64_t>{config_.train.micro_batch_size, config_.model.max_seq_length, config_.model.hidden_size});
+      std::vector<int64_t>{config_.train.micro_batch_size, seq, config_.model.hidden_size});
   if (!config_.train.dump_first_step.empty() && parallel_.is_last_stage())
     executor_->on_logits = [this](int64_t m, const torch::Tensor& logits) {
       if (m == 0 && !first_logits_.defined()) first_logits_ = logits.to(torch::kFloat);
@@ -130,6 +133,7 @@ StepStats Trainer::step(int64_t step, Clock::time_point deadline) {
   const Stopwatch dp_time(device_);
   buckets_->finish(parallel_.dp());  // what the overlap did not hide
   const double dp_seconds = dp_time.seconds();
+  sum_over_tp(replicated_grads_, parallel_.tp());
   if (sharded_ && on_gradients && !config_.train.dump_first_step.empty()) sharded_->gather_gradients(parallel_.dp());
   if (on_gradients) on_gradients(step);
   const Stopwatch optimizer_time(device_);

@@ -66,6 +66,7 @@ struct TrainConfig {
 
 struct ParallelConfig {
   int64_t tensor_parallel_size = 1;
+  bool sequence_parallel = false;  // split the activations outside the TP regions along the sequence
   int64_t pipeline_parallel_size = 1;
   std::optional<int64_t> num_microbatches;  // unset: global / (micro x DP)
   PipelineSchedule pipeline_schedule = PipelineSchedule::OneFOneB;

@@ -6,7 +6,12 @@
 // pipeline stage sends while its peer is still busy, and posts a receive
 // before it computes so that the transfer runs meanwhile). Ranks are ranks
 // within this group. Every call is counted with its payload bytes as sent and
-// its time, per operation, for tests, the step breakdown and debug logs.
+// its time, per operation, for tests, the step breakdown and debug logs. A
+// collective counts its whole tensor, as nccl-tests does: an all-reduce its
+// input, a reduce-scatter its input, an all-gather its output. A ring moves
+// 2(n-1)/n of that per rank for an all-reduce, (n-1)/n for the other two, so
+// an all-gather plus a reduce-scatter of one tensor move what its all-reduce
+// does (ring_bytes).
 #pragma once
 
 #include <cstdint>
@@ -56,6 +61,10 @@ struct OpStats {
   int64_t bytes = 0;      // as sent: bf16 travels as fp32 where the backend has no bf16
   double seconds = 0.0;   // in the call (isend: posting it; irecv: posting and waiting)
 };
+
+// The bytes one rank puts on a ring's links for `stats` of operation `op` in
+// a group of `group_size` (a point-to-point transfer: its payload).
+double ring_bytes(const std::string& op, const OpStats& stats, int group_size);
 
 class Communicator {
  public:

@@ -2,8 +2,8 @@
 // Each TP rank holds heads/TP query heads and kv_heads/TP key/value heads;
 // query head i attends with kv head i / (heads / kv_heads), as in HF's repeat_kv.
 // Q, K and V come from one fused GEMM (qkv_proj; checkpoints still name them
-// q_proj, k_proj, v_proj). Communication: one copy_to_tp before it (all-reduce
-// in backward) and one reduce_from_tp after the output projection.
+// q_proj, k_proj, v_proj). Communication: the layers' own, where the fused
+// QKV GEMM enters the TP region and o_proj leaves it (parallel/layers.h).
 #pragma once
 
 #include <memory>
@@ -18,15 +18,15 @@ namespace minipretrain {
 
 class AttentionImpl : public torch::nn::Module {
  public:
-  AttentionImpl(const ModelConfig& config, std::shared_ptr<Communicator> tp);
-  // x [batch, seq, hidden] -> [batch, seq, hidden], replicated over TP.
+  AttentionImpl(const ModelConfig& config, const TensorParallel& tp);
+  // x [batch, seq, hidden] -> [batch, seq, hidden], replicated over TP; with
+  // sequence parallelism both [batch, seq / TP, hidden].
   torch::Tensor forward(const torch::Tensor& x, const RotaryEmbedding& rope);
 
   ColumnParallelLinear qkv_proj{nullptr};
   RowParallelLinear o_proj{nullptr};
 
  private:
-  std::shared_ptr<Communicator> tp_;
   int64_t local_heads_, local_kv_heads_, head_dim_;
 };
 TORCH_MODULE(Attention);

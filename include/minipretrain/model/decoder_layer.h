@@ -1,4 +1,5 @@
-// One Llama decoder layer: x + attn(norm(x)), then h + mlp(norm(h)).
+// One Llama decoder layer: x + attn(norm(x)), then h + mlp(norm(h)). With
+// sequence parallelism the norms and residuals see [batch, seq / TP, hidden].
 #pragma once
 
 #include <memory>
@@ -13,7 +14,7 @@ namespace minipretrain {
 
 class DecoderLayerImpl : public torch::nn::Module {
  public:
-  DecoderLayerImpl(const ModelConfig& config, std::shared_ptr<Communicator> tp);
+  DecoderLayerImpl(const ModelConfig& config, const TensorParallel& tp);
   torch::Tensor forward(const torch::Tensor& x, const RotaryEmbedding& rope);
 
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};

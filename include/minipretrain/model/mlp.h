@@ -1,7 +1,7 @@
 // SwiGLU MLP: down(silu(gate(x)) * up(x)), tensor parallel over the
 // intermediate dimension: gate and up as one fused column-parallel GEMM
-// (gate_up_proj; checkpoints still name them gate_proj and up_proj) behind one
-// copy_to_tp, down row-parallel followed by one reduce_from_tp.
+// (gate_up_proj; checkpoints still name them gate_proj and up_proj) entering
+// the TP region once, down row-parallel leaving it (parallel/layers.h).
 #pragma once
 
 #include <memory>
@@ -15,14 +15,11 @@ namespace minipretrain {
 
 class MLPImpl : public torch::nn::Module {
  public:
-  MLPImpl(const ModelConfig& config, std::shared_ptr<Communicator> tp);
+  MLPImpl(const ModelConfig& config, const TensorParallel& tp);
   torch::Tensor forward(const torch::Tensor& x);
 
   ColumnParallelLinear gate_up_proj{nullptr};
   RowParallelLinear down_proj{nullptr};
-
- private:
-  std::shared_ptr<Communicator> tp_;
 };
 TORCH_MODULE(MLP);
 

@@ -59,7 +59,7 @@ struct TensorSlot {
 
 class StageImpl : public torch::nn::Module, public PipelineStage {
  public:
-  StageImpl(const ModelConfig& config, StagePosition position, std::shared_ptr<Communicator> tp);
+  StageImpl(const ModelConfig& config, StagePosition position, TensorParallel tp);
 
   void initialize(int64_t seed);
   void to_device(const torch::Device& device);
@@ -67,8 +67,9 @@ class StageImpl : public torch::nn::Module, public PipelineStage {
   void set_recompute(bool recompute) { recompute_ = recompute; }
 
   // Chunk 0 of the first stage: token ids [batch, seq]; other chunks: hidden
-  // [batch, seq, H]. Returns hidden states, or from the last chunk of the
-  // last stage this rank's logits [batch, seq, V_pad / TP].
+  // [batch, seq, H] ([batch, seq / TP, H] with sequence parallelism). Returns
+  // hidden states, or from the last chunk of the last stage this rank's
+  // logits [batch, seq, V_pad / TP].
   torch::Tensor forward(const torch::Tensor& input, int64_t chunk) override;
   // Every chunk in turn: the whole model when this rank holds all of it.
   torch::Tensor forward(const torch::Tensor& input);
@@ -87,7 +88,7 @@ class StageImpl : public torch::nn::Module, public PipelineStage {
  private:
   ModelConfig config_;
   StagePosition position_;
-  std::shared_ptr<Communicator> tp_;
+  TensorParallel tp_;
   RotaryEmbedding rope_;
   VocabParallelEmbedding embed_tokens_{nullptr};
   std::vector<std::vector<DecoderLayer>> chunk_layers_;

@@ -71,4 +71,9 @@ class GradientBuckets {
   size_t next_ = 0;                                    // the first bucket not started this step
 };
 
+// Sequence parallelism: a weight replicated over TP (the norms) has seen only
+// this rank's positions, so its gradient is the sum over the TP group. One
+// all-reduce for all of `grads`, in place.
+void sum_over_tp(const std::vector<torch::Tensor>& grads, Communicator& tp);
+
 }  // namespace minipretrain

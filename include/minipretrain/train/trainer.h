@@ -104,6 +104,7 @@ class Trainer {
   std::vector<bool> counted_in_norm_;       // false: a replicated tensor on a TP rank other than 0
   std::vector<torch::Tensor> norm_grads_;   // what this rank adds to the gradient norm: grads_, or its pieces
   std::vector<bool> norm_counted_;
+  std::vector<torch::Tensor> replicated_grads_;  // summed over TP with sequence parallelism
   std::map<std::string, size_t> entry_of_;  // parameter name -> index in main_
   LRSchedule schedule_;
   Datasets data_;
