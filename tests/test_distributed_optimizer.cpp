@@ -1,6 +1,7 @@
 // The distributed optimizer (--use-distributed-optimizer, ZeRO-1) computes
-// what the replicated optimizer computes, on real processes: DP 2 and
-// DP 2 x TP 2 x PP 2 against the runs without it, in fp32 and bf16; its
+// what the replicated optimizer computes, on real processes: DP 2,
+// DP 2 x TP 2 x PP 2 and DP 2 x TP 2 with sequence parallelism against the
+// runs without it, in fp32 and bf16; its
 // checkpoints (boxes of the optimizer state, one file per DP rank) resume
 // without it and the other way round, across layouts.
 #include <gtest/gtest.h>
@@ -44,6 +45,8 @@ TEST(DistributedOptimizer, EqualsTheReplicatedOptimizer) {
       {"dp2_fp32", 2, {}, 1e-6, 1e-6},
       {"dp2_bf16", 2, {"--precision", "bf16"}, 1e-3, 2e-3},
       {"dp2tp2pp2_fp32", 8, {"--tensor-parallel-size", "2", "--pipeline-parallel-size", "2"}, 1e-5, 1e-4},
+      // The norm weights' gradients summed over TP on the chunks each DP rank owns.
+      {"dp2tp2_sp_fp32", 4, {"--tensor-parallel-size", "2", "--sequence-parallel"}, 1e-5, 1e-4},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);

@@ -110,6 +110,34 @@ TEST(Plan, PredictionsMatchMeasuredRuns) {
   }
 }
 
+// The distributed optimizer's and --async-save's terms, by hand: DP 4 in
+// bf16 keeps 2 + 4/4 bytes of weights, 8/4 of moments and a snapshot of 12/4
+// per parameter; its DP traffic is the padded buffer reduce-scattered (4
+// bytes) and gathered (2) plus the norm's 8 bytes. In fp32 without it the
+// snapshot is 12 bytes a parameter, counted on CPU, host memory on GPUs.
+TEST(Plan, DistributedOptimizerAndSnapshotTerms) {
+  Cluster cpu;
+  cpu.world_size = 4;
+  cpu.cpu = true;
+  const std::vector<std::string> model = measured_args("unused");
+  const Config zero = config_of(with(model, {"--precision", "bf16", "--use-distributed-optimizer", "--async-save"}), 4);
+  const StageEstimate s = estimate_layout(zero, cpu).stages.front();
+  const double n = static_cast<double>(s.parameters);
+  EXPECT_DOUBLE_EQ(s.memory.weights, 3 * n);
+  EXPECT_DOUBLE_EQ(s.memory.optimizer, 2 * n);
+  EXPECT_DOUBLE_EQ(s.memory.snapshot, 3 * n);
+  const int64_t padded = (s.parameters + 3) / 4 * 4;
+  EXPECT_EQ(s.comm.dp, padded * 6 + 8);
+
+  const Config plain = config_of(with(model, {"--precision", "fp32", "--async-save"}), 4);
+  const MemoryEstimate on_cpu = estimate_layout(plain, cpu).stages.front().memory;
+  EXPECT_DOUBLE_EQ(on_cpu.snapshot, 12 * n);
+  Cluster gpu = cpu;
+  gpu.cpu = false;
+  const MemoryEstimate on_gpu = estimate_layout(plain, gpu).stages.front().memory;
+  EXPECT_DOUBLE_EQ(on_cpu.total() - on_cpu.baseline - on_cpu.snapshot, on_gpu.total());
+}
+
 TEST(Plan, ListsValidLayoutsBestFirstAsJson) {
   const ProcessResult r = run_binary({"plan", "--config", std::string(MINIPRETRAIN_SOURCE_DIR) + "/configs/large.json",
                                       "--world-size", "16", "--json"});

@@ -217,6 +217,10 @@ MemoryEstimate estimate_memory(const StageSlice& s, const Cluster& cluster) {
   mem.activations = s.recompute ? mem.activations_with_recompute : mem.activations_without_recompute;
   mem.comm_buffers = comm_buffer_bytes(s, in_flight, params);
   if (cluster.cpu) mem.baseline = cpu_process_bytes(config);
+  // The saved state: the fp32 weights (under the distributed optimizer in
+  // bf16, its share of the masters) and the moments.
+  if (config.log.async_save) mem.snapshot = params * ((s.x.c == 2 ? 4 * share : 4) + 8 * share);
+  mem.snapshot_counted = cluster.cpu;
   return mem;
 }
 
@@ -362,6 +366,8 @@ std::string LayoutEstimate::describe() const {
       gigabytes(m.optimizer), gigabytes(m.activations), m.in_flight, gigabytes(m.activations_without_recompute),
       gigabytes(m.activations_with_recompute), gigabytes(m.comm_buffers));
   if (m.baseline > 0) text += fmt::format(", CPU process {}", gigabytes(m.baseline));
+  if (m.snapshot > 0) text += fmt::format(", --async-save snapshot {}{}", gigabytes(m.snapshot),
+                                          m.snapshot_counted ? "" : " of host memory");
   return text + ")";
 }
 
@@ -442,7 +448,8 @@ nlohmann::json to_json(const LayoutEstimate& layout) {
                         {"activations_without_recompute", m.activations_without_recompute},
                         {"activations_with_recompute", m.activations_with_recompute},
                         {"comm_buffers", m.comm_buffers},
-                        {"cpu_process", m.baseline}}},
+                        {"cpu_process", m.baseline},
+                        {"async_save_snapshot", m.snapshot}}},
                       {"in_flight", m.in_flight},
                       {"comm_bytes_per_step", {{"tp", s.comm.tp}, {"dp", s.comm.dp}, {"pp", s.comm.pp}}},
                       {"forward_seconds", s.forward_seconds},

@@ -49,7 +49,13 @@ struct MemoryEstimate {
   double weights = 0, gradients = 0, optimizer = 0, activations = 0, comm_buffers = 0, baseline = 0;
   double activations_without_recompute = 0, activations_with_recompute = 0;  // what either choice would hold
   int64_t in_flight = 0;  // the schedule's peak microbatches awaiting their backward on this stage
-  double total() const { return weights + gradients + optimizer + activations + comm_buffers + baseline; }
+  // --async-save's copy of the state (checkpoint/checkpoint_policy.h), in
+  // host memory: counted in the total on CPU, where host memory is the memory.
+  double snapshot = 0;
+  bool snapshot_counted = false;
+  double total() const {
+    return weights + gradients + optimizer + activations + comm_buffers + baseline + (snapshot_counted ? snapshot : 0);
+  }
 };
 
 // Bytes one step moves through each communicator of one rank (as counted).
