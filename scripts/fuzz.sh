@@ -28,6 +28,8 @@ declare -A sources=(
   [safetensors]="src/config/json_input.cpp src/checkpoint/safetensors.cpp"
   [megatron_idx]="src/data/indexed_dataset.cpp src/data/indexed_writer.cpp src/data/mapped_file.cpp"
   [hf_config]="src/config/hf_config.cpp src/config/json_input.cpp src/config/config.cpp src/config/fields.cpp src/config/choices.cpp"
+  [hf_index]="src/checkpoint/tensor_source.cpp src/checkpoint/safetensors.cpp src/config/json_input.cpp src/parallel/shard.cpp"
+  [command_line]="src/commands/cli.cpp src/config/json_input.cpp src/config/config.cpp src/config/fields.cpp src/config/choices.cpp"
 )
 declare -A libraries=(
   [config_json]=""
@@ -36,9 +38,11 @@ declare -A libraries=(
   [safetensors]="${with_torch[*]} -lxxhash"
   [megatron_idx]="${with_torch[*]}"
   [hf_config]=""
+  [hf_index]="${with_torch[*]} -lxxhash"
+  [command_line]=""
 )
 
-names=${HARNESSES:-"config_json hf_config store_server shard_index safetensors megatron_idx"}
+names=${HARNESSES:-"config_json hf_config command_line store_server shard_index safetensors hf_index megatron_idx"}
 for name in $names; do
   echo "fuzz: building $name"
   # shellcheck disable=SC2086

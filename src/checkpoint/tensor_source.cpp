@@ -47,6 +47,14 @@ SafetensorsIndex index_of(const fs::path& path) {
 
 }  // namespace
 
+nlohmann::json read_json_file(const std::string& path) {
+  try {
+    return read_json(path);
+  } catch (const JsonInputError& e) {
+    throw CheckpointError(e.what());
+  }
+}
+
 TensorSource TensorSource::from_checkpoint(const std::string& dir) {
   TensorSource source;
   source.where_ = "checkpoint " + dir;
