@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -19,10 +20,15 @@
 
 namespace {
 
+// Removed at exit (a crash leaves it, beside the reproducer); a char array,
+// so that it outlives every destructor.
+char directory[] = "/tmp/fuzz-hf-index-XXXXXX";
+void remove_directory() { std::filesystem::remove_all(directory); }
+
 std::string model_dir() {
   static const std::string dir = [] {
-    char pattern[] = "/tmp/fuzz-hf-index-XXXXXX";
-    const std::string d = ::mkdtemp(pattern);
+    const std::string d = ::mkdtemp(directory);
+    std::atexit(remove_directory);
     using minipretrain::write_safetensors;
     write_safetensors(d + "/model-00001-of-00002.safetensors",
                       {{"model.embed_tokens.weight", torch::randn({8, 4})},

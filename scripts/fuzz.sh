@@ -55,9 +55,10 @@ for name in $names; do
   echo "fuzz: running $name for $seconds s"
   log="$out/$name.log"
   # The leak check is off: harnesses keep a server and static state for the
-  # whole run by design; ASan still reports every invalid access.
+  # whole run by design; ASan still reports every invalid access. Standard
+  # output is closed (-close_fd_mask=1): command_line's --help prints there.
   if ! ASAN_OPTIONS=detect_leaks=0 "$out/$name" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 \
-      -max_len=65536 -print_final_stats=1 -artifact_prefix="$out/$name-" "$out/corpus/$name" "fuzz/corpus/$name" \
+      -close_fd_mask=1 -max_len=65536 -print_final_stats=1 -artifact_prefix="$out/$name-" "$out/corpus/$name" "fuzz/corpus/$name" \
       > "$log" 2>&1; then
     echo "fuzz: $name FOUND something: see $log and $out/$name-*"
     tail -n 30 "$log"
