@@ -28,6 +28,8 @@ declare -A sources=(
   [safetensors]="src/config/json_input.cpp src/checkpoint/safetensors.cpp"
   [megatron_idx]="src/data/indexed_dataset.cpp src/data/indexed_writer.cpp src/data/mapped_file.cpp"
   [hf_config]="src/config/hf_config.cpp src/config/json_input.cpp src/config/config.cpp src/config/fields.cpp src/config/choices.cpp"
+  [hf_index]="src/checkpoint/tensor_source.cpp src/checkpoint/safetensors.cpp src/config/json_input.cpp src/parallel/shard.cpp"
+  [command_line]="src/commands/cli.cpp src/config/json_input.cpp src/config/config.cpp src/config/fields.cpp src/config/choices.cpp"
 )
 declare -A libraries=(
   [config_json]=""
@@ -36,9 +38,11 @@ declare -A libraries=(
   [safetensors]="${with_torch[*]} -lxxhash"
   [megatron_idx]="${with_torch[*]}"
   [hf_config]=""
+  [hf_index]="${with_torch[*]} -lxxhash"
+  [command_line]=""
 )
 
-names=${HARNESSES:-"config_json hf_config store_server shard_index safetensors megatron_idx"}
+names=${HARNESSES:-"config_json hf_config command_line store_server shard_index safetensors hf_index megatron_idx"}
 for name in $names; do
   echo "fuzz: building $name"
   # shellcheck disable=SC2086
@@ -51,9 +55,10 @@ for name in $names; do
   echo "fuzz: running $name for $seconds s"
   log="$out/$name.log"
   # The leak check is off: harnesses keep a server and static state for the
-  # whole run by design; ASan still reports every invalid access.
+  # whole run by design; ASan still reports every invalid access. Standard
+  # output is closed (-close_fd_mask=1): command_line's --help prints there.
   if ! ASAN_OPTIONS=detect_leaks=0 "$out/$name" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 \
-      -max_len=65536 -print_final_stats=1 -artifact_prefix="$out/$name-" "$out/corpus/$name" "fuzz/corpus/$name" \
+      -close_fd_mask=1 -max_len=65536 -print_final_stats=1 -artifact_prefix="$out/$name-" "$out/corpus/$name" "fuzz/corpus/$name" \
       > "$log" 2>&1; then
     echo "fuzz: $name FOUND something: see $log and $out/$name-*"
     tail -n 30 "$log"

@@ -25,6 +25,7 @@
 #include "test_support.h"
 
 using namespace minipretrain;
+using namespace minipretrain::test;
 using namespace std::chrono_literals;
 
 namespace {
@@ -226,28 +227,6 @@ TEST(Store, GlooBuildsItsGroupOverIt) {
 
 namespace {
 
-int connect_to(int port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  return fd;
-}
-
-// Sends what the peer takes within a second; a server that stops reading
-// leaves the rest unsent.
-void send_some(int fd, const std::string& bytes) {
-  timeval limit{1, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof(limit));
-  for (size_t sent = 0; sent < bytes.size();) {
-    const ssize_t n = ::send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
-    if (n <= 0) return;
-    sent += static_cast<size_t>(n);
-  }
-}
-
 int64_t resident_mb() {
   std::ifstream status("/proc/self/status");
   for (std::string line; std::getline(status, line);)
@@ -278,24 +257,24 @@ TEST(Store, HostileClientsNeitherCrashTheServerNorGrowItPastItsBounds) {
   const int64_t before = resident_mb();
   std::vector<int> held;
 
-  int fd = connect_to(server.port());
+  int fd = connect_loopback(server.port());
   std::string junk(1 << 20, '\0');
   std::mt19937 random(7);
   for (char& c : junk) c = static_cast<char>(random());
   send_some(fd, junk);
   held.push_back(fd);
 
-  fd = connect_to(server.port());
+  fd = connect_loopback(server.port());
   send_some(fd, std::string("\x40\x00\x00\x00\x00\x00\x00\x00", 8));  // 2^62 as 8 bytes; 1 GiB as our 4
   held.push_back(fd);
 
-  fd = connect_to(server.port());
+  fd = connect_loopback(server.port());
   send_some(fd, encode({static_cast<uint8_t>(StoreOp::Set), {"half", std::string(1000, 'h')}}).substr(0, 500));
   ::close(fd);
 
-  for (int i = 0; i < 1000; ++i) held.push_back(connect_to(server.port()));
+  for (int i = 0; i < 1000; ++i) held.push_back(connect_loopback(server.port()));
 
-  fd = connect_to(server.port());
+  fd = connect_loopback(server.port());
   std::string requests;
   for (int i = 0; i < 1000; ++i) requests += encode({static_cast<uint8_t>(StoreOp::TryGet), {"big"}});
   send_some(fd, requests);
@@ -311,4 +290,27 @@ TEST(Store, HostileClientsNeitherCrashTheServerNorGrowItPastItsBounds) {
   // connection's share, about 2 MiB, is all it takes.
   EXPECT_LT(grown, 64) << "MB";
   for (int f : held) ::close(f);
+}
+
+// The cap on connections (here 8, given to the constructor; 16384 in a run,
+// half the descriptor limit under a low one): those past it are closed at
+// once, the job's client, connected before them, is still served, and a
+// place given up is taken again.
+TEST(Store, ConnectionsPastTheCapAreClosedAndTheJobIsStillServed) {
+  StoreServer server("127.0.0.1", 0, 8);
+  auto store = client(server.port());
+  store->set("job", bytes("value"));
+  std::vector<int> held;
+  for (int i = 0; i < 20; ++i) held.push_back(connect_loopback(server.port()));
+  std::this_thread::sleep_for(500ms);
+  std::vector<bool> closed;
+  for (int fd : held) closed.push_back(closed_by_peer(fd));
+  // The job's client and the first 7 fill the 8 places.
+  EXPECT_EQ(std::vector<bool>(closed.begin(), closed.begin() + 7), std::vector<bool>(7, false));
+  EXPECT_EQ(std::vector<bool>(closed.begin() + 7, closed.end()), std::vector<bool>(13, true));
+  EXPECT_EQ(text(store->get("job")), "value");
+  ::close(held.front());
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(text(client(server.port())->get("job")), "value");
+  for (size_t i = 1; i < held.size(); ++i) ::close(held[i]);
 }

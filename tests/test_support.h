@@ -62,6 +62,15 @@ std::string fresh_dir(const std::string& name);
 // with the port after it (the rendezvous takes that one under torchrun).
 int free_port();
 
+// A client of the rendezvous as a hostile peer plays it: a plain TCP
+// connection to 127.0.0.1:`port` (-1 when refused).
+int connect_loopback(int port);
+// Sends what the peer takes within a second; a server that stops reading
+// leaves the rest unsent.
+void send_some(int fd, const std::string& bytes);
+// Whether the peer has closed the connection (EOF or a reset is waiting).
+bool closed_by_peer(int fd);
+
 // step -> record, from OUTPUT/metrics.jsonl: the records that have `key`
 // ("loss" for training steps, "val_loss" for validation runs). A last line
 // without its newline is still being written, and is left out.

@@ -147,19 +147,6 @@ void write_file_durably(const std::string& path, const std::string& text) {
   sync_to_disk(path);
 }
 
-nlohmann::json read_json_file(const std::string& path) {
-  try {
-    return read_json(path);
-  } catch (const JsonInputError& e) {
-    throw CheckpointError(e.what());
-  }
-}
-
-std::pair<FileHash, uint64_t> recorded_hash(const nlohmann::json& shard_index) {
-  const FileHash kind = shard_index.contains(hash_key(FileHash::kFnv1a)) ? FileHash::kFnv1a : FileHash::kXxh3;
-  return {kind, shard_index.value(hash_key(kind), uint64_t{0})};
-}
-
 void write_named_shard(const std::string& path_prefix, const std::map<std::string, torch::Tensor>& tensors,
                        const std::map<std::string, ShardSpec>& specs) {
   std::vector<std::pair<std::string, torch::Tensor>> ordered(tensors.begin(), tensors.end());

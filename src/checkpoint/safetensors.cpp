@@ -60,6 +60,11 @@ class StreamHash {
 
 const char* hash_key(FileHash kind) { return kind == FileHash::kXxh3 ? "xxh3" : "fnv1a"; }
 
+std::pair<FileHash, uint64_t> recorded_hash(const nlohmann::json& shard_index) {
+  const FileHash kind = shard_index.contains(hash_key(FileHash::kFnv1a)) ? FileHash::kFnv1a : FileHash::kXxh3;
+  return {kind, shard_index.value(hash_key(kind), uint64_t{0})};
+}
+
 std::pair<uint64_t, uint64_t> write_safetensors(const std::string& path,
                                                 const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
                                                 const std::map<std::string, std::string>& metadata) {

@@ -58,6 +58,14 @@ SafetensorsIndex index_of(const fs::path& path) {
 
 }  // namespace
 
+nlohmann::json read_json_file(const std::string& path) {
+  try {
+    return read_json(path);
+  } catch (const JsonInputError& e) {
+    throw CheckpointError(e.what());
+  }
+}
+
 TensorSource TensorSource::from_checkpoint(const std::string& dir, const std::string& file_prefix) {
   TensorSource source;
   source.where_ = "checkpoint " + dir;

@@ -38,8 +38,10 @@ bool parse_integer(const std::string& text, int64_t& value) {
 
 }  // namespace
 
-StoreServer::StoreServer(const std::string& address, int port)
-    : listener_(listen_on(address, std::to_string(port))), port_(std::stoi(port_of(listener_.fd()))) {
+StoreServer::StoreServer(const std::string& address, int port, size_t max_connections)
+    : listener_(listen_on(address, std::to_string(port))),
+      port_(std::stoi(port_of(listener_.fd()))),
+      max_connections_(max_connections) {
   int pipe[2];
   if (::pipe2(pipe, O_CLOEXEC | O_NONBLOCK) != 0) throw std::system_error(errno, std::generic_category());
   wake_read_ = Socket(pipe[0]);
@@ -48,7 +50,7 @@ StoreServer::StoreServer(const std::string& address, int port)
   // rank 0's own files.
   rlimit files{};
   if (::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur != RLIM_INFINITY)
-    max_connections_ = std::min<size_t>(kMaxConnections, files.rlim_cur > 512 ? files.rlim_cur - 256 : files.rlim_cur / 2);
+    max_connections_ = std::min<size_t>(max_connections_, files.rlim_cur > 512 ? files.rlim_cur - 256 : files.rlim_cur / 2);
   thread_ = std::thread([this] { run(); });
 }
 

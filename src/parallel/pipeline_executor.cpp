@@ -101,7 +101,8 @@ torch::Tensor PipelineExecutor::backward(const Action& a, torch::Tensor received
   if (a.kind == Action::Backward)
     output.backward(received);
   else
-    deferred_[key] = defer_weight_gradients([&] { output.backward(received); });
+    // Named, not captured: clang 14 lambdas cannot capture bindings.
+    deferred_[key] = defer_weight_gradients([&, &out = output] { out.backward(received); });
   result.backward_seconds += compute.seconds();
   return first_chunk(a.chunk) ? torch::Tensor() : input.grad();
 }

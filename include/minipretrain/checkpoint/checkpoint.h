@@ -68,14 +68,6 @@ void check_same_model(const nlohmann::json& saved, const Config& config, const s
 // CheckpointError when it cannot (a full disk).
 void write_file_durably(const std::string& path, const std::string& text);
 
-// A JSON file of a checkpoint (meta.json, a shard's index); throws
-// CheckpointError naming the file when it cannot be read or parsed.
-nlohmann::json read_json_file(const std::string& path);
-
-// The kind and value of the hash a shard's index records for its .safetensors
-// (XXH3, or FNV-1a in checkpoints written before 2026-11-26).
-std::pair<FileHash, uint64_t> recorded_hash(const nlohmann::json& shard_index);
-
 // Named tensors of one rank, with their specs, written and read in the shard
 // format above (also used for --dump-first-step).
 void write_named_shard(const std::string& path_prefix, const std::map<std::string, torch::Tensor>& tensors,

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 namespace minipretrain {
@@ -26,6 +27,9 @@ struct SafetensorsError : std::runtime_error {
 enum class FileHash { kXxh3, kFnv1a };
 // The key a checkpoint's shard .json records the hash under.
 const char* hash_key(FileHash kind);
+// The kind and value of the hash a shard's index records for its .safetensors
+// (XXH3, or FNV-1a in checkpoints written before 2026-11-26).
+std::pair<FileHash, uint64_t> recorded_hash(const nlohmann::json& shard_index);
 
 struct SafetensorsFile {
   std::map<std::string, torch::Tensor> tensors;

@@ -19,6 +19,11 @@
 
 namespace minipretrain {
 
+// A JSON file of a checkpoint (meta.json, a shard's index) or of a Hugging
+// Face directory; throws CheckpointError naming the file when it cannot be
+// read or parsed.
+nlohmann::json read_json_file(const std::string& path);
+
 class TensorSource {
  public:
   // Every <file_prefix>*.safetensors of a checkpoint directory (or of a

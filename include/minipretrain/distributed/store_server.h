@@ -1,6 +1,7 @@
 // The server side of the rendezvous store (socket_store.h is the client): one
-// listening socket on one address, served by a background thread (written
-// when LibTorch's TCPStore could only listen on every interface).
+// listening socket on one address, served by a background thread. Written
+// when LibTorch's TCPStore could only listen on every interface; kept for the
+// bounds below, which TCPStore lacks (docs/parallelism.md says why).
 //
 // Anyone who reaches the port can connect; nothing tells a rank of the job
 // from another client. What clients can cost rank 0 is bounded instead: all
@@ -29,7 +30,9 @@ class StoreServer {
  public:
   // Listens on the numeric `address` ("0.0.0.0" or "::" for every interface)
   // at `port` (0: the kernel picks one). Throws as listen_on() does.
-  StoreServer(const std::string& address, int port);
+  // `max_connections` (lowered further under a low descriptor limit) is for
+  // tests, which show the cap without opening thousands of sockets.
+  StoreServer(const std::string& address, int port, size_t max_connections = kMaxConnections);
   // Stops the thread and closes every connection.
   ~StoreServer();
   StoreServer(const StoreServer&) = delete;
@@ -60,7 +63,7 @@ class StoreServer {
   // Only the server thread touches the keys.
   std::map<std::string, std::vector<uint8_t>> keys_;
   size_t stored_bytes_ = 0;  // of keys_'s keys and values
-  size_t max_connections_ = kMaxConnections;  // lowered to half the descriptor limit
+  size_t max_connections_;  // see the constructor
   std::thread thread_;
 };
 
