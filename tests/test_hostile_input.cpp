@@ -287,6 +287,10 @@ TEST(HostileInput, HuggingFaceIndexStaysInItsDirectoryAndIsFollowed) {
   write_index([&](const std::string& name) { return name == "lm_head.weight" ? "b.safetensors" : honest(name); });
   EXPECT_MENTIONS(error_of<CheckpointError>([&] { TensorSource::from_hugging_face(dir, "model/"); }),
                   "lm_head.weight is in a.safetensors but model.safetensors.index.json puts it in b.safetensors");
+  // A name longer than the file system allows (found by fuzz/hf_index) is missing, not a crash.
+  write_index([&](const std::string& name) { return honest(name) == "b.safetensors" ? std::string(300, 'h') : honest(name); });
+  EXPECT_MENTIONS(error_of<CheckpointError>([&] { TensorSource::from_hugging_face(dir, "model/"); }),
+                  "which is missing");
 
   // A FIFO in place of a weight file is refused, not waited on.
   write_index(honest);

@@ -136,8 +136,9 @@ TensorSource TensorSource::from_hugging_face(const std::string& dir, const std::
     throw CheckpointError(dir + " has neither model.safetensors nor model.safetensors.index.json");
   }
   for (const std::string& name : names) {
-    if (!fs::exists(root / name))
-      throw CheckpointError(dir + ": model.safetensors.index.json names " + name + ", which is missing");
+    std::error_code ec;  // a name too long for the file system is as missing as any
+    if (!fs::exists(root / name, ec))
+      throw CheckpointError(dir + ": model.safetensors.index.json names " + json_excerpt(name) + ", which is missing");
     File file{index_of(root / name), std::nullopt, true};
     for (const auto& [tensor, entry] : file.index.entries) {
       if (!weight_map.empty() && weight_map.count(tensor) && weight_map.at(tensor) != name)
