@@ -58,7 +58,6 @@ Trainer::Trainer(Config config, ParallelState& parallel, torch::Device device)
   main_ = std::make_unique<MainParams>(parameters, dtype, shards, [this](size_t i, const torch::Tensor& weight) {
     if (sharded_) sharded_->see_fp32(i, weight);
   });
-  parameters.clear();
   std::map<std::string, bool> sharded;
   for (const auto& [name, slot] : stage_->tensors()) sharded[slot.parameter] = slot.spec.sharded();
   std::vector<torch::Tensor> masters;
@@ -134,7 +133,8 @@ StepStats Trainer::step(int64_t step, Clock::time_point deadline) {
   buckets_->finish(parallel_.dp());  // what the overlap did not hide
   const double dp_seconds = dp_time.seconds();
   sum_over_tp(replicated_grads_, parallel_.tp());
-  if (sharded_ && on_gradients && !config_.train.dump_first_step.empty()) sharded_->gather_gradients(parallel_.dp());
+  // --dump-first-step writes step 1's averaged gradients, which only their owners hold.
+  if (sharded_ && step == 1 && !config_.train.dump_first_step.empty()) sharded_->gather_gradients(parallel_.dp());
   if (on_gradients) on_gradients(step);
   const Stopwatch optimizer_time(device_);
   const double grad_norm = global_grad_norm(norm_grads_, norm_counted_, parallel_.tp(), parallel_.pp(),
